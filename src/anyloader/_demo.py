@@ -1,0 +1,128 @@
+"""``anyloader demo``: one epoch of image/mask pairs through a torch DataLoader."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._synthetic import create_image_mask_dataset, read_row_id
+
+__all__ = ["DemoResult", "cache_dir", "demo_dataset", "run_demo"]
+
+
+def cache_dir() -> Path:
+    """Where generated datasets live: ``$ANYLOADER_CACHE``, else ``$XDG_CACHE_HOME/anyloader``."""
+    explicit = os.environ.get("ANYLOADER_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "anyloader"
+
+
+def demo_dataset(rows: int, size: int, *, root: Path | None = None) -> str:
+    """Return the URL of a cached synthetic dataset, creating it on first use.
+
+    The dataset is built in a temporary folder and renamed into place, so an
+    interrupted build never leaves a half-written dataset in the cache.
+    """
+    root = root or cache_dir()
+    final = root / f"demo-{rows}x{size}"
+    if not final.exists():
+        print(f"generating {rows} image/mask pairs of {size}x{size} into {final} ...", flush=True)
+        root.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
+        try:
+            create_image_mask_dataset(f"file://{scratch / 'ds'}", rows, size=size)
+            try:
+                (scratch / "ds").rename(final)
+            except OSError:
+                if not final.exists():  # lost a race with another builder: fine
+                    raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return f"file://{final}"
+
+
+def check_pair(sample: dict[str, Any]) -> dict[str, Any]:
+    """Transform that records whether the image and mask both carry the row's own number."""
+    index = sample["index"]
+    sample["pair_ok"] = read_row_id(sample["images"]) == index == read_row_id(sample["masks"])
+    return sample
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    rows: int
+    expected: int
+    seconds: float
+    first_batch_seconds: float
+    duplicates: int
+    missing: int
+    mismatched_pairs: int | None
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.duplicates == 0 and self.missing == 0 and self.rows == self.expected
+
+
+def run_demo(
+    url: str,
+    *,
+    backend: str = "asyncio",
+    num_workers: int = 2,
+    batch_size: int = 32,
+    shuffle: bool = True,
+    check_pairs: bool = True,
+    progress: bool = True,
+) -> DemoResult:
+    """Stream one epoch of ``url`` and check that every row arrived exactly once."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from ._dataset import AsyncDataset
+
+    dataset = AsyncDataset(
+        url,
+        backend=backend,
+        shuffle=shuffle,
+        return_index=True,
+        transform=check_pair if check_pairs else None,
+    )
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    expected = len(dataset)
+    seen = np.zeros(len(dataset.config.source), dtype=np.int64)
+    mismatched = 0
+    first_batch = float("nan")
+    start = time.perf_counter()
+    with tqdm(total=expected, unit="row", disable=not progress, leave=False) as bar:
+        for batch in loader:
+            if first_batch != first_batch:  # NaN: this is the first batch
+                first_batch = time.perf_counter() - start
+            indices = batch["index"].numpy()
+            np.add.at(seen, indices, 1)
+            if check_pairs:
+                mismatched += int((~batch["pair_ok"]).sum().item())
+            bar.update(len(indices))
+    seconds = time.perf_counter() - start
+    del torch
+    return DemoResult(
+        rows=int(seen.sum()),
+        expected=expected,
+        seconds=seconds,
+        first_batch_seconds=first_batch,
+        duplicates=int((seen > 1).sum()),
+        missing=int((seen == 0).sum()),
+        mismatched_pairs=mismatched if check_pairs else None,
+    )

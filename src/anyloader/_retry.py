@@ -1,0 +1,118 @@
+"""Retries with exponential back-off and full jitter, and a per-attempt timeout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio
+
+if TYPE_CHECKING:
+    import random
+    from collections.abc import Awaitable, Callable, Iterable
+
+__all__ = ["RetryPolicy", "default_is_transient", "retrying"]
+
+T = TypeVar("T")
+
+
+def default_is_transient(exc: BaseException) -> bool:
+    """The errors worth retrying when the source says nothing: timeouts and OS/network errors."""
+    return isinstance(exc, (TimeoutError, OSError))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a failed fetch is retried.
+
+    An attempt that raises an error ``is_transient`` accepts is tried again,
+    up to ``retries`` more times, after a random delay in
+    ``[0, min(max_backoff, backoff * 2**attempt)]`` (full jitter spreads a
+    thundering herd). ``timeout`` bounds each attempt; a timed-out attempt
+    raises ``TimeoutError``, which is transient by default.
+
+    Raises:
+        TypeError, ValueError: at construction, for a negative or non-numeric setting.
+    """
+
+    retries: int = 3
+    timeout: float | None = None
+    backoff: float = 0.05
+    max_backoff: float = 2.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int):
+            raise TypeError(f"retries must be an int, got {self.retries!r}")
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
+        for name in ("timeout", "backoff", "max_backoff"):
+            value = getattr(self, name)
+            if value is None and name == "timeout":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+            if value < 0 or (name == "timeout" and value == 0):
+                raise ValueError(f"{name} must be positive, got {value}")
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Back-off before retry number ``attempt`` (0-based): full jitter, capped.
+
+        Guarantee: in ``[0, min(max_backoff, backoff * 2**attempt)]`` for any
+        ``attempt`` (no overflow for huge retry counts).
+        """
+        # 2.0**1024 overflows; 2**64 times any sane backoff is past any cap.
+        ceiling = min(self.max_backoff, self.backoff * 2.0 ** min(attempt, 64))
+        return rng.uniform(0.0, ceiling)
+
+
+def _describe(rows: Iterable[int], tries: int, why: str) -> str:
+    named: list[object] = [int(r) for r in rows]
+    shown = named if len(named) <= 16 else [*named[:16], "...", f"({len(named)} rows)"]
+    return (
+        f"anyloader: fetching rows {shown} failed after {tries} "
+        f"attempt{'s' if tries > 1 else ''} ({why})"
+    )
+
+
+async def retrying(
+    attempt: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    is_transient: Callable[[BaseException], bool],
+    rng: random.Random,
+    *,
+    rows: Iterable[int] = (),
+) -> T:
+    """Run ``attempt`` until it succeeds, a non-transient error occurs, or retries run out.
+
+    Each attempt is bounded by ``policy.timeout`` (``TimeoutError`` when it
+    runs out). Between attempts it sleeps ``policy.delay(n, rng)``.
+
+    Guarantee: the final error is raised as itself (same type, same object,
+    its traceback), with a note naming the ``rows`` being fetched, how many
+    attempts were made and why it gave up (retries exhausted, or an error
+    that is not transient). Cancellation is never retried or delayed.
+
+    Raises:
+        Exception: the last error of ``attempt``.
+    """
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            if policy.timeout is None:
+                return await attempt()
+            with anyio.fail_after(policy.timeout):
+                return await attempt()
+        except Exception as exc:
+            transient = is_transient(exc)
+            if tries > policy.retries or not transient:
+                if transient:
+                    why = f"retries exhausted: retries={policy.retries}"
+                else:
+                    why = f"{type(exc).__name__} is not transient, not retried"
+                if isinstance(exc, TimeoutError) and policy.timeout is not None:
+                    why += f"; each attempt timed out after {policy.timeout} s"
+                if hasattr(exc, "add_note"):  # Python >= 3.11
+                    exc.add_note(_describe(rows, tries, why))
+                raise
+        await anyio.sleep(policy.delay(tries - 1, rng))

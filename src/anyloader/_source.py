@@ -1,0 +1,82 @@
+"""The ``Source`` protocol: where rows come from. Nothing above it knows deeplake."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import anyio
+import numpy as np
+
+__all__ = ["Columns", "MemorySource", "Source"]
+
+#: A fetched group: for each column, one value per requested row, in request
+#: order. Either a stacked array whose first axis is the row, or a sequence.
+Columns = Mapping[str, "np.ndarray | Sequence[Any]"]
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Random-access rows with named columns, fetched asynchronously in groups.
+
+    Implementations must be picklable (DataLoader workers receive a copy) and
+    must return, for every requested column, exactly one value per index, in
+    the order requested. ``fetch`` may be called concurrently from many tasks
+    of one event loop, on asyncio or trio.
+    """
+
+    @property
+    def columns(self) -> Sequence[str]:
+        """Names of the columns ``fetch`` can return."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    async def fetch(self, indices: Sequence[int], columns: Sequence[str]) -> Columns:
+        """Return ``{column: values}`` for the rows ``indices``.
+
+        Raises:
+            Exception: any storage error; the pipeline retries the transient ones.
+        """
+        ...
+
+
+class MemorySource:
+    """A ``Source`` over arrays held in memory, for tests, benchmarks and small data.
+
+    Raises:
+        ValueError: if there are no columns or the columns differ in length.
+        TypeError: if a column is not array-like.
+    """
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        if not isinstance(data, Mapping) or not data:
+            raise ValueError("MemorySource needs a non-empty mapping of column name -> values")
+        arrays: dict[str, np.ndarray] = {}
+        for name, values in data.items():
+            if not isinstance(name, str):
+                raise TypeError(f"column names must be str, got {name!r}")
+            try:
+                arrays[name] = np.asarray(values)
+            except Exception as exc:  # ragged input
+                raise TypeError(f"column {name!r} is not array-like: {exc}") from exc
+            if arrays[name].ndim == 0:
+                raise TypeError(f"column {name!r} must have a row axis, got a scalar")
+        lengths = {name: len(a) for name, a in arrays.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"columns differ in length: {lengths}")
+        self._arrays = arrays
+        self._len = next(iter(lengths.values()))
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(self._arrays)
+
+    def __len__(self) -> int:
+        return self._len
+
+    async def fetch(self, indices: Sequence[int], columns: Sequence[str]) -> Columns:
+        # A checkpoint keeps fetch a cancellation point, like any real I/O.
+        await anyio.lowlevel.checkpoint()
+        idx = np.asarray(indices, dtype=np.int64)
+        return {name: self._arrays[name][idx] for name in columns}

@@ -1,0 +1,132 @@
+"""Test doubles: sources and futures whose behaviour a test controls exactly."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import numpy as np
+
+from anyloader import MemorySource
+from anyloader._source import Columns
+
+
+def rows_source(n: int) -> MemorySource:
+    """A source whose column ``row`` holds the row number and ``image`` a tiny array of it."""
+    idx = np.arange(n, dtype=np.int64)
+    return MemorySource({"row": idx, "image": np.repeat(idx[:, None], 4, axis=1)})
+
+
+class CountingSource:
+    """Counts rows fetched and fetches in flight; optionally blocks rows from ``slow_from``."""
+
+    def __init__(self, n: int, *, slow_from: int | None = None) -> None:
+        self._inner = rows_source(n)
+        self.slow_from = slow_from
+        self.fetched_rows = 0
+        self.started = 0
+        self.finished = 0
+        self.cancelled = 0
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self._inner.columns
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    async def fetch(self, indices: Sequence[int], columns: Sequence[str]) -> Columns:
+        self.started += 1
+        try:
+            if self.slow_from is not None and max(indices) >= self.slow_from:
+                await anyio.sleep(3600)  # sync-ok: a store that would take an hour
+            values = await self._inner.fetch(indices, columns)
+        except anyio.get_cancelled_exc_class():
+            self.cancelled += 1
+            raise
+        self.finished += 1
+        self.fetched_rows += len(indices)
+        return values
+
+
+class FlakySource:
+    """Fails the first ``failures`` attempts of every group with ``error``, then succeeds."""
+
+    def __init__(self, n: int, *, failures: int, error: type[Exception] = ConnectionError) -> None:
+        self._inner = rows_source(n)
+        self.failures = failures
+        self.error = error
+        self.attempts: dict[tuple[int, ...], int] = {}
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self._inner.columns
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    async def fetch(self, indices: Sequence[int], columns: Sequence[str]) -> Columns:
+        key = tuple(indices)
+        self.attempts[key] = self.attempts.get(key, 0) + 1
+        if self.attempts[key] <= self.failures:
+            raise self.error(f"flaky store, rows {list(key)}")
+        return await self._inner.fetch(indices, columns)
+
+
+class BrokenSource:
+    """Raises ``error`` on the fetch that includes row ``bad_row``."""
+
+    def __init__(self, n: int, *, bad_row: int, error: Exception) -> None:
+        self._inner = rows_source(n)
+        self.bad_row = bad_row
+        self.error = error
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self._inner.columns
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    async def fetch(self, indices: Sequence[int], columns: Sequence[str]) -> Columns:
+        if self.bad_row in indices:
+            raise self.error
+        return await self._inner.fetch(indices, columns)
+
+
+class FakeFuture:
+    """A deeplake-style future (``is_completed``/``result``/``cancel``) set by the test."""
+
+    def __init__(self, *, done_at: float | None = None) -> None:
+        self._lock = threading.Lock()
+        self._done = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self.cancelled = False
+        self._done_at = done_at
+
+    def set_result(self, value: Any) -> None:
+        with self._lock:
+            self._value, self._done = value, True
+
+    def set_exception(self, error: BaseException) -> None:
+        with self._lock:
+            self._error, self._done = error, True
+
+    def is_completed(self) -> bool:
+        if self._done_at is not None and time.monotonic() >= self._done_at:
+            return True
+        return self._done
+
+    def result(self) -> Any:
+        if not self.is_completed():
+            raise AssertionError("result() would block: the bridge must never call it early")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def cancel(self) -> None:
+        self.cancelled = True

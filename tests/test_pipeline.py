@@ -1,0 +1,177 @@
+"""The engine from async code (``open_stream``), on asyncio and trio."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from _doubles import BrokenSource, CountingSource, FlakySource, rows_source
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from anyloader import Shard, open_stream, shard_rows
+
+pytestmark = pytest.mark.anyio
+
+
+async def collect(source: Any, **kwargs: Any) -> list[int]:
+    async with open_stream(source, **kwargs) as samples:
+        return [int(s["row"]) async for s in samples]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(0, 300),
+    fetch_size=st.integers(1, 17),
+    concurrency=st.integers(1, 12),
+    prefetch=st.integers(1, 40),
+    shuffle=st.booleans(),
+    seed=st.integers(0, 2**32),
+    world_size=st.integers(1, 3),
+    num_workers=st.integers(1, 3),
+)
+async def test_ordered_stream_is_exactly_the_plan(
+    anyio_backend: str,
+    rows: int,
+    fetch_size: int,
+    concurrency: int,
+    prefetch: int,
+    shuffle: bool,
+    seed: int,
+    world_size: int,
+    num_workers: int,
+) -> None:
+    source = rows_source(rows)
+    everything: list[int] = []
+    for rank in range(world_size):
+        for worker in range(num_workers):
+            shard = Shard(rank, world_size, worker, num_workers)
+            got = await collect(
+                source,
+                fetch_size=fetch_size,
+                concurrency=concurrency,
+                prefetch=prefetch,
+                shuffle=shuffle,
+                seed=seed,
+                epoch=2,
+                shard=shard,
+            )
+            expected = shard_rows(rows, shard, seed=seed, epoch=2, shuffle=shuffle)
+            assert got == expected.tolist()
+            everything += got
+    assert sorted(everything) == list(range(rows))
+
+
+async def test_unordered_stream_yields_every_row_once() -> None:
+    got = await collect(rows_source(500), ordered=False, shuffle=True, fetch_size=3)
+    assert sorted(got) == list(range(500))
+
+
+async def test_samples_hold_their_own_values_and_index() -> None:
+    async with open_stream(rows_source(40), return_index=True, fetch_size=7) as samples:
+        async for s in samples:
+            assert s["index"] == s["row"]
+            assert s["image"].tolist() == [s["index"]] * 4
+            assert s["image"].flags.writeable
+
+
+async def test_transform_sees_each_sample() -> None:
+    def double(sample: dict[str, Any]) -> int:
+        return int(sample["row"]) * 2
+
+    async with open_stream(rows_source(10), columns=["row"], transform=double) as samples:
+        assert [x async for x in samples] == [2 * i for i in range(10)]
+
+
+async def test_empty_source_gives_an_empty_epoch() -> None:
+    assert await collect(rows_source(0)) == []
+
+
+async def test_backpressure_bounds_rows_fetched_ahead() -> None:
+    source = CountingSource(400)
+    concurrency, prefetch, fetch_size = 3, 10, 4
+    bound = prefetch + concurrency * fetch_size
+    consumed = 0
+    ahead: list[int] = []
+    async with open_stream(
+        source, concurrency=concurrency, prefetch=prefetch, fetch_size=fetch_size
+    ) as samples:
+        async for _ in samples:
+            consumed += 1
+            # A slow consumer: let the engine run until it can do nothing more.
+            await anyio.wait_all_tasks_blocked()
+            ahead.append(source.fetched_rows - consumed)
+    assert consumed == 400
+    assert max(ahead) <= bound
+    # The bound is reached, so the test would see the engine overshoot it.
+    assert max(ahead) >= bound - fetch_size
+
+
+async def test_error_surfaces_unwrapped_with_its_type() -> None:
+    source = BrokenSource(100, bad_row=37, error=LookupError("row 37 is corrupt"))
+    got: list[int] = []
+
+    async def consume() -> None:
+        async with open_stream(source, fetch_size=5, retries=3) as samples:
+            async for s in samples:
+                got.append(int(s["row"]))
+
+    with pytest.raises(LookupError, match="row 37 is corrupt") as info:
+        await consume()
+    assert type(info.value) is LookupError  # not an ExceptionGroup around it
+    assert max(got, default=0) < 35  # rows after the failed group never arrive
+    if hasattr(info.value, "__notes__"):
+        assert any("35, 36, 37, 38, 39" in note for note in info.value.__notes__)
+
+
+async def test_transient_errors_are_retried_until_they_pass() -> None:
+    source = FlakySource(60, failures=2)
+    assert await collect(source, fetch_size=6, retries=2) == list(range(60))
+    assert set(source.attempts.values()) == {3}
+
+
+async def test_retries_run_out_and_the_last_error_is_raised() -> None:
+    source = FlakySource(10, failures=3)
+    with pytest.raises(ConnectionError, match="flaky store") as info:
+        await collect(source, retries=2)
+    assert any("after 3 attempts" in n for n in getattr(info.value, "__notes__", []))
+
+
+async def test_non_transient_errors_are_not_retried() -> None:
+    source = FlakySource(10, failures=1, error=ValueError)
+    with pytest.raises(ValueError, match="flaky store"):
+        await collect(source, retries=5)
+    assert max(source.attempts.values()) == 1
+
+
+async def test_retry_if_widens_what_is_transient() -> None:
+    source = FlakySource(10, failures=1, error=ValueError)
+    got = await collect(source, retries=1, retry_if=lambda e: isinstance(e, ValueError))
+    assert got == list(range(10))
+
+
+async def test_timeout_turns_a_hung_fetch_into_an_error() -> None:
+    source = CountingSource(20, slow_from=10)
+    with anyio.fail_after(5), pytest.raises(TimeoutError):
+        await collect(source, fetch_size=10, timeout=0.05, retries=1)
+    assert source.cancelled == 2  # the hung attempt and its retry were both cancelled
+
+
+async def test_leaving_early_cancels_fetches_promptly() -> None:
+    source = CountingSource(1000, slow_from=8)
+    with anyio.fail_after(1):
+        async with open_stream(source, fetch_size=4, concurrency=8) as samples:
+            first = [int(s["row"]) async for s, _ in zip_first(samples, 8)]
+    assert first == list(range(8))
+    assert source.started == source.finished + source.cancelled
+    assert source.cancelled >= 1
+
+
+async def zip_first(samples: Any, n: int) -> Any:
+    i = 0
+    async for s in samples:
+        yield s, i
+        i += 1
+        if i == n:
+            return
