@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 extras="${1:-}"
 python="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras:+[$extras]}"
+pip() {
+    # This machine's pip configuration names local indexes that may be absent;
+    # its warnings about them are noise, everything else is shown.
+    .venv/bin/python -m pip --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location" >&2)
+}
+pip install --quiet --upgrade pip
+pip install --quiet "torch==2.13.0"
+pip install --quiet -e ".${extras:+[$extras]}"

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
-.venv/bin/ruff check src tests benchmarks examples
-.venv/bin/ruff format --check src tests benchmarks examples
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/mypy --strict src
 exec .venv/bin/python -m pytest "$@"
