@@ -1,0 +1,219 @@
+"""The benchmark harness: every loader on every store, fresh process per run.
+
+Usage::
+
+    .venv/bin/python -m benchmarks.run [--quick] [--rows N] [--size PX]
+        [--latency-ms 20] [--repeats 3] [--out benchmarks/results]
+        [--loaders NAME,...] [--stores local,s3]
+
+It builds (once, cached) a dataset of ``rows`` JPEG images with binary masks,
+serves a copy from a local moto S3 server with ``latency-ms`` per GET, then
+runs each loader for one epoch (batch size 32) on each store, ``repeats``
+times, rotating the loader order every repeat. It writes ``results.json``,
+``results.md`` and ``results.png`` to ``--out`` and prints the table of
+medians. Finally it measures the pure engine overhead on an in-memory source.
+The S3 server and every worker process are stopped before it returns, also
+on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from . import datasets, report, s3_server
+from .loaders import LoaderSpec, default_specs
+from .machine import describe
+from .runner import PACKAGE_ROOT, _child_env, run_in_subprocess
+
+__all__ = ["main", "select_specs"]
+
+BATCH_SIZE = 32
+DEFAULT_OUT = PACKAGE_ROOT / "benchmarks" / "results"
+DEFAULT_CACHE = PACKAGE_ROOT / "benchmarks" / "results" / "cache"
+STORES = ("local", "s3")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small dataset, 1 repeat, fewer settings: < 3 min"
+    )
+    parser.add_argument("--rows", type=int, help="dataset rows (default 2000; quick 256)")
+    parser.add_argument("--size", type=int, help="image side in pixels (default 512; quick 256)")
+    parser.add_argument(
+        "--latency-ms", type=float, default=20.0, help="S3 latency per GET (default 20)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, help="runs per loader and store (default 3; quick 1)"
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where results go")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="dataset cache")
+    parser.add_argument("--loaders", help="comma-separated loader names or families (default: all)")
+    parser.add_argument("--stores", default=",".join(STORES), help="comma-separated: local,s3")
+    parser.add_argument(
+        "--micro-rows", type=int, help="rows of the overhead microbenchmark (0: skip)"
+    )
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per run")
+    parser.add_argument(
+        "--exit-grace", type=float, help="seconds a run may take to exit (default 15; quick 5)"
+    )
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.rows = args.rows if args.rows is not None else (256 if quick else 2000)
+    args.size = args.size if args.size is not None else (256 if quick else 512)
+    args.repeats = args.repeats if args.repeats is not None else (1 if quick else 3)
+    args.micro_rows = (
+        args.micro_rows if args.micro_rows is not None else (20_000 if quick else 100_000)
+    )
+    args.exit_grace = args.exit_grace if args.exit_grace is not None else (5.0 if quick else 15.0)
+    args.stores = [s for s in args.stores.split(",") if s]
+    unknown = set(args.stores) - set(STORES)
+    if unknown or not args.stores:
+        parser.error(f"--stores takes a comma-separated subset of {STORES}")
+    if args.rows < 1 or args.repeats < 1 or args.size < 64:
+        parser.error("--rows and --repeats must be >= 1, --size >= 64")
+    return args
+
+
+def select_specs(quick: bool, names: str | None) -> list[LoaderSpec]:
+    """The loaders to run: all (quick: fewer settings), or those ``names`` picks.
+
+    Raises:
+        ValueError: a name matches no loader name or family.
+    """
+    specs = default_specs(pytorch_workers=(0, 2), ceiling=((4, 16),)) if quick else default_specs()
+    if not names:
+        return specs
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    everything = default_specs()
+    chosen: list[LoaderSpec] = []
+    for name in wanted:
+        matches = [s for s in everything if name in (s.name, s.family)]
+        if not matches:
+            raise ValueError(f"no loader named {name!r}; known: {[s.name for s in everything]}")
+        if name in {s.family for s in everything}:  # a family: its settings for this mode
+            matches = [s for s in specs if s.family == name] or matches
+        chosen += [m for m in matches if m not in chosen]
+    return chosen
+
+
+def schedule(
+    specs: list[LoaderSpec], stores: list[str], repeats: int
+) -> list[tuple[int, str, LoaderSpec]]:
+    """Every (repeat, store, loader), the loader order rotated by one each repeat."""
+    plan = []
+    for repeat in range(repeats):
+        shift = repeat % len(specs)
+        order = specs[shift:] + specs[:shift]
+        for store in stores:
+            plan += [(repeat, store, spec) for spec in order]
+    return plan
+
+
+def run_micro(rows: int, repeats: int) -> list[dict[str, Any]]:
+    """The overhead microbenchmark, in its own process like every other run."""
+    if rows <= 0:
+        return []
+    cmd = [sys.executable, "-m", "benchmarks.micro", f"--rows={rows}", f"--repeats={repeats}"]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, env=_child_env(), cwd=PACKAGE_ROOT, check=True
+    )
+    return list(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        specs = select_specs(args.quick, args.loaders)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out: Path = args.out
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    print(
+        f"dataset: {args.rows} rows of {args.size}x{args.size} (cache: {args.cache_dir})",
+        file=sys.stderr,
+    )
+    local_dir = datasets.local_dataset(args.cache_dir, args.rows, args.size)
+    runs: list[dict[str, Any]] = []
+    with s3_server.serve(latency_s=args.latency_ms / 1000) as endpoint:
+        stores = {"local": datasets.local_store(local_dir)}
+        if "s3" in args.stores:
+            stores["s3"] = datasets.s3_dataset(endpoint, local_dir)
+        plan = schedule(specs, args.stores, args.repeats)
+        with tqdm(plan, desc="benchmark", unit="run", file=sys.stderr) as bar:
+            for repeat, store_name, spec in bar:
+                bar.set_postfix_str(f"{store_name}/{spec.name}")
+                store = stores[store_name]
+                stem = f"{store_name}-{spec.name}-r{repeat}"
+                task = {
+                    "spec": spec.to_json(),
+                    "store": {"name": store.name, "url": store.url, "creds": store.creds},
+                    "batch_size": BATCH_SIZE,
+                    "out": str((out / "runs" / f"{stem}.json").resolve()),
+                }
+                result = run_in_subprocess(
+                    task, out / "logs" / f"{stem}.log", args.timeout, args.exit_grace
+                )
+                result.setdefault("loader", spec.name)
+                result.setdefault("family", spec.family)
+                result.setdefault("store", store_name)
+                runs.append({**result, "repeat": repeat})
+    micro = run_micro(args.micro_rows, args.repeats)
+
+    summary = report.summarize(runs)
+    settings = {
+        "rows": args.rows,
+        "size": args.size,
+        "repeats": args.repeats,
+        "latency_ms": args.latency_ms,
+        "batch_size": BATCH_SIZE,
+        "quick": args.quick,
+        "stores": args.stores,
+        "loaders": [s.name for s in specs],
+        "wall_s": round(time.time() - started, 1),
+    }
+    machine = describe()
+    report.write_json(
+        out / "results.json",
+        {
+            "settings": settings,
+            "machine": machine,
+            "summary": summary,
+            "runs": runs,
+            "micro": micro,
+        },
+    )
+    markdown = report.markdown_document(settings, machine, summary, micro)
+    (out / "results.md").write_text(markdown)
+    title = (
+        f"{args.rows} rows {args.size}px, S3 latency {args.latency_ms:g} ms, "
+        f"{machine['cpus']} cores"
+    )
+    report.plot(summary, runs, out / "results.png", title)
+    print(markdown)
+    failed = [r for r in runs if not r.get("ok")]
+    for r in failed:
+        print(
+            f"FAILED {r['store']}/{r['loader']} r{r['repeat']}: {r['exit']}\n{r['error']}",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

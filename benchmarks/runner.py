@@ -1,0 +1,113 @@
+"""Run one benchmark task in a fresh subprocess and classify how it ended.
+
+Each run gets its own interpreter because deeplake caches chunks in memory:
+a second epoch in the same process would read from RAM. The worker runs in a
+new session (process group) so that a timeout, a hang at exit or Ctrl-C in
+the harness kills it together with its DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["DONE_MARKER", "run_in_subprocess"]
+
+DONE_MARKER = "anyloader-bench: result written"
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _child_env() -> dict[str, str]:
+    # The worker imports ``benchmarks`` from this checkout whatever the cwd.
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _pump(stream: IO[bytes], log: IO[bytes], done: threading.Event, news: threading.Event) -> None:
+    """Copy the worker's stdout to its log; flag the result line, and the end of output."""
+    for line in stream:
+        log.write(line)
+        if line.decode(errors="replace").strip() == DONE_MARKER:
+            done.set()
+            news.set()
+    log.flush()
+    news.set()
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _exit_kind(returncode: int, hung: bool) -> str:
+    if hung:
+        return "hung at exit (killed)"
+    if returncode == 0:
+        return "clean"
+    if returncode < 0:
+        return f"crashed at exit ({signal.Signals(-returncode).name})"
+    return f"exit status {returncode}"
+
+
+def run_in_subprocess(
+    task: dict[str, Any], log_path: Path, timeout_s: float, exit_grace_s: float
+) -> dict[str, Any]:
+    """Run ``task`` with ``python -m benchmarks.worker``; return its result plus exit facts.
+
+    Adds ``exit`` (``"clean"``, ``"crashed at exit (SIGSEGV)"``, ``"hung at
+    exit (killed)"``, ...), ``clean_exit`` and ``returncode``. If the worker
+    produced no result (error or timeout) the dict has ``ok=False`` and the
+    tail of the log under ``error``.
+
+    Guarantee: the worker and all its descendants are gone when this returns,
+    including when it raises (``KeyboardInterrupt`` too).
+    """
+    out = Path(task["out"])
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "benchmarks.worker", json.dumps(task)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=_child_env(),
+            cwd=PACKAGE_ROOT,
+            start_new_session=True,
+        )
+        done, news = threading.Event(), threading.Event()
+        assert proc.stdout is not None
+        pump = threading.Thread(target=_pump, args=(proc.stdout, log, done, news), daemon=True)
+        pump.start()
+        hung = False
+        try:
+            # Wake on the result line or on the end of output (the worker died first).
+            if not news.wait(timeout_s):
+                _kill_group(proc)
+            try:
+                proc.wait(timeout=exit_grace_s)
+            except subprocess.TimeoutExpired:
+                hung = True
+        finally:
+            # Kill the whole group: a hung worker, or DataLoader workers left behind.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        pump.join(5)
+    result: dict[str, Any] = {"returncode": proc.returncode}
+    if done.is_set() and out.exists():
+        result.update(json.loads(out.read_text()), ok=True)
+    else:
+        tail = log_path.read_text(errors="replace").splitlines()[-15:]
+        result.update(ok=False, error="\n".join(tail) or "no output")
+    result["exit"] = _exit_kind(proc.returncode, hung)
+    result["clean_exit"] = proc.returncode == 0 and not hung
+    return result

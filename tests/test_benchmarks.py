@@ -1,0 +1,214 @@
+"""The benchmark harness produces well-formed results and cleans up after itself.
+
+These tests check shape, not speed: every loader and store is reported with
+positive rates, the JSON follows its schema, the Markdown has its table, the
+PNG is a PNG, and no S3 server or worker process outlives the harness.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from benchmarks import report, s3_server
+from benchmarks.run import schedule, select_specs
+
+ROOT = Path(__file__).resolve().parent.parent
+LOADERS = [
+    "sequential",
+    "documented-async",
+    "deeplake-pytorch-w0",
+    "anyloader-asyncio-w0",
+    "anyloader-trio-w2",
+    "ceiling",
+]
+STORES = ["local", "s3"]
+TOKEN_VAR = "ANYLOADER_BENCH_TEST_TOKEN"
+
+
+def _processes_with_token(token: str) -> list[psutil.Process]:
+    """Live processes that inherited our marker variable: the harness's descendants."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(TOKEN_VAR) == token:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One ``--quick`` harness run on a 64-row, 64 px dataset, as a user would start it."""
+    # The harness needs the ``bench`` extra; the ``test`` extra may lack it.
+    pytest.importorskip("matplotlib")
+    out = tmp_path_factory.mktemp("bench")
+    token = uuid.uuid4().hex
+    cmd = [sys.executable, "-m", "benchmarks.run", "--quick", "--rows=64", "--size=64"]
+    cmd += ["--repeats=1", f"--loaders={','.join(LOADERS)}", f"--stores={','.join(STORES)}"]
+    cmd += [f"--out={out}", f"--cache-dir={out / 'cache'}", "--micro-rows=2000", "--exit-grace=3"]
+    done = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, TOKEN_VAR: token},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    return {
+        "out": out,
+        "done": done,
+        "leftovers": _processes_with_token(token),
+    }
+
+
+@pytest.mark.slow
+def test_quick_run_succeeds_and_leaves_nothing_running(quick_run: dict[str, Any]) -> None:
+    done = quick_run["done"]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert quick_run["leftovers"] == []
+
+
+@pytest.mark.slow
+def test_results_json_is_well_formed(quick_run: dict[str, Any]) -> None:
+    doc = json.loads((quick_run["out"] / "results.json").read_text())
+    assert doc["schema"] == report.SCHEMA_VERSION
+    assert set(doc) >= {"settings", "machine", "summary", "runs", "micro"}
+    assert doc["settings"]["rows"] == 64
+    assert doc["machine"]["cpus"] >= 1
+
+    summary = {(row["store"], row["loader"]): row for row in doc["summary"]}
+    assert set(summary) == {(store, loader) for store in STORES for loader in LOADERS}
+    for (store, loader), row in summary.items():
+        assert row["ok_runs"] == row["runs"] == 1, (store, loader, row)
+        assert row["samples_per_s"] > 0
+        assert row["first_batch_s"] > 0
+        assert row["cpu_ms_per_sample"] >= 0
+        assert row["peak_rss_mib"] > 0
+        assert row["samples"] == 64
+        assert row["x_sequential"] > 0
+        assert row["x_best_peer"] > 0
+        assert row["of_ceiling"] > 0
+    for store in STORES:
+        assert summary[store, "sequential"]["x_sequential"] == pytest.approx(1.0)
+        assert summary[store, "ceiling"]["setting"].startswith("ceiling-")
+
+    for run in doc["runs"]:
+        assert run["ok"] is True
+        assert isinstance(run["clean_exit"], bool)
+        assert run["exit"] == "clean" or "exit" in run["exit"]
+        assert math.isclose(run["samples_per_s"], run["samples"] / run["seconds"])
+
+    micro = {(m["backend"], m["api"]): m for m in doc["micro"]}
+    apis = ("AsyncDataset", "open_stream")
+    assert set(micro) == {(b, a) for b in ("asyncio", "trio") for a in apis}
+    assert all(m["rows_per_s"] > 0 for m in micro.values())
+
+
+@pytest.mark.slow
+def test_markdown_table_and_png_are_written(quick_run: dict[str, Any]) -> None:
+    out = quick_run["out"]
+    markdown = (out / "results.md").read_text()
+    assert "| store | loader | samples/s | x sequential | x best peer | of ceiling |" in markdown
+    for store in STORES:
+        for loader in LOADERS:
+            assert f"| {store} | {loader}" in markdown
+    assert "| trio | open_stream |" in markdown
+    assert markdown.split("| store |")[1] in quick_run["done"].stdout  # the table is printed
+    png = (out / "results.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(png) > 10_000
+
+
+def test_serve_answers_on_loopback_and_stops() -> None:
+    with s3_server.serve(latency_s=0.0) as endpoint:
+        assert endpoint.startswith("http://127.0.0.1:")
+        s3_server.create_bucket(endpoint, "anyloader-test")
+        with urllib.request.urlopen(f"{endpoint}/anyloader-test", timeout=10) as answer:
+            assert answer.status == 200
+        servers = [
+            p
+            for p in psutil.Process().children()
+            if "benchmarks.s3_server" in " ".join(p.cmdline())
+        ]
+        assert len(servers) == 1
+    assert not servers[0].is_running() or servers[0].status() == psutil.STATUS_ZOMBIE
+
+
+def test_serve_fault_mode_fails_every_get_when_rate_is_one() -> None:
+    outcomes = set()
+    with s3_server.serve(latency_s=0.0, fault_rate=1.0, seed=3) as endpoint:
+        s3_server.create_bucket(endpoint, "anyloader-test")  # PUT: never faulted
+        for _ in range(20):
+            try:
+                urllib.request.urlopen(f"{endpoint}/anyloader-test", timeout=10).close()
+                outcomes.add("ok")
+            except urllib.error.HTTPError as exc:
+                outcomes.add(exc.code)
+                exc.close()
+            except (ConnectionError, urllib.error.URLError):
+                outcomes.add("reset")
+    assert outcomes == {500, "reset"}
+
+
+@pytest.mark.parametrize(("latency_s", "fault_rate"), [(-1.0, 0.0), (0.0, 1.5), (0.0, -0.1)])
+def test_serve_rejects_bad_arguments(latency_s: float, fault_rate: float) -> None:
+    with pytest.raises(ValueError, match="must be"), s3_server.serve(latency_s, fault_rate):
+        pass
+
+
+def test_summary_ratios_compare_medians_within_a_store() -> None:
+    def run(store: str, loader: str, family: str, rate: float) -> dict[str, Any]:
+        return {
+            "store": store,
+            "loader": loader,
+            "family": family,
+            "ok": True,
+            "clean_exit": True,
+            "exit": "clean",
+            "samples_per_s": rate,
+            "first_batch_s": 0.1,
+            "cpu_s_per_sample": 0.001,
+            "peak_rss_bytes": 2**20,
+            "samples": 10,
+        }
+
+    runs = [run("local", "sequential", "sequential", r) for r in (90, 100, 400)]
+    runs += [run("local", "documented-async", "documented-async", 150)]
+    runs += [run("local", "deeplake-pytorch-w2", "deeplake-pytorch", 200)]
+    runs += [run("local", "anyloader-trio-w0", "anyloader", 300)]
+    runs += [run("local", "ceiling-f1x8", "ceiling", 500)]
+    runs += [run("local", "ceiling-f4x8", "ceiling", 600)]
+    rows = {r["loader"]: r for r in report.summarize(runs)}
+    assert rows["sequential"]["samples_per_s"] == 100  # the median, not the mean
+    assert rows["anyloader-trio-w0"]["x_sequential"] == pytest.approx(3.0)
+    assert rows["anyloader-trio-w0"]["x_best_peer"] == pytest.approx(1.5)
+    assert rows["anyloader-trio-w0"]["of_ceiling"] == pytest.approx(0.5)
+    assert rows["ceiling"]["setting"] == "ceiling-f4x8"
+    assert "ceiling-f1x8" not in rows
+
+
+def test_schedule_rotates_loader_order_between_repeats() -> None:
+    specs = select_specs(quick=True, names="sequential,anyloader")
+    plan = schedule(specs, ["local"], repeats=3)
+    firsts = [plan[i * len(specs)][2].name for i in range(3)]
+    assert len(set(firsts)) == 3
+    assert len(plan) == 3 * len(specs)
+
+
+def test_unknown_loader_name_is_rejected() -> None:
+    with pytest.raises(ValueError, match="no loader named"):
+        select_specs(quick=False, names="nope")
