@@ -20,7 +20,7 @@ from ._plan import Shard, rank_length
 from ._shard import check_rank, current_shard, resolve_rank
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
 __all__ = ["AsyncDataset"]
 
@@ -93,6 +93,10 @@ class AsyncDataset(IterableDataset[Any]):
         self._rank = rank
         self._world_size = world_size
         self._epoch = 0
+        # Resume point for the next iteration (rows of this shard to skip),
+        # and rows the current iteration has yielded: the state of a checkpoint.
+        self._resume_at = 0
+        self._position = 0
 
     @property
     def epoch(self) -> int:
@@ -106,10 +110,59 @@ class AsyncDataset(IterableDataset[Any]):
         of the dataset when the iterator starts (with ``persistent_workers``
         they keep the copy they had).
 
+        Choosing another epoch than a loaded checkpoint's drops its resume
+        point: the new epoch starts from its first row.
+
         Raises:
             TypeError, ValueError: if ``epoch`` is not a non-negative int.
         """
-        self._epoch = non_negative_int("epoch", epoch)
+        if non_negative_int("epoch", epoch) != self._epoch:
+            self._resume_at = 0
+        self._epoch = epoch
+
+    @property
+    def skipped_rows(self) -> int:
+        """Rows each epoch skips over all ranks: ``num_rows % world_size`` with ``even``, else 0."""
+        if not self.config.even:
+            return 0
+        _, world_size = resolve_rank(self._rank, self._world_size)
+        return len(self.config.source) % world_size
+
+    def state_dict(self) -> dict[str, int]:
+        """Where this shard's iteration stands: ``{"seed", "epoch", "position"}``.
+
+        ``position`` counts the samples the current (or last) iteration of
+        this process has yielded, so a checkpoint taken after a batch resumes
+        right after it. Inside DataLoader workers each worker has its own
+        state; ``torchdata.stateful_dataloader.StatefulDataLoader`` collects
+        and restores them (see docs/distributed.md). With ``num_workers=0`` a
+        plain DataLoader works: it takes exactly ``batch_size`` samples a batch.
+        """
+        return {"seed": self.config.seed, "epoch": self._epoch, "position": self._position}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        """Resume from :meth:`state_dict`: the next iteration skips the rows already yielded.
+
+        Guarantee: with the same seed, shard layout and ``ordered=True``, the
+        resumed iteration yields exactly the rows an uninterrupted one would
+        have yielded after ``position``, in the same order.
+
+        Raises:
+            ValueError: if keys are missing or the seed differs from this dataset's
+                (that would reshuffle the epoch and break exactly-once).
+            TypeError: if a value is not an int.
+        """
+        missing = {"seed", "epoch", "position"} - set(state)
+        if missing:
+            raise ValueError(f"state is missing {sorted(missing)}; got {dict(state)}")
+        if non_negative_int("seed", state["seed"]) != self.config.seed:
+            raise ValueError(
+                f"state was saved with seed={state['seed']}, this dataset has "
+                f"seed={self.config.seed}: resuming would not continue the same epoch"
+            )
+        self._epoch = non_negative_int("epoch", state["epoch"])
+        self._resume_at = non_negative_int("position", state["position"])
+        self._position = self._resume_at
 
     def __len__(self) -> int:
         """Rows this rank yields per epoch, all its DataLoader workers together."""
@@ -117,10 +170,12 @@ class AsyncDataset(IterableDataset[Any]):
         return rank_length(len(self.config.source), rank, world_size, even=self.config.even)
 
     def __iter__(self) -> Iterator[Any]:
-        return self._iterate(current_shard(self._rank, self._world_size), self._epoch)
+        start, self._resume_at = self._resume_at, 0
+        return self._iterate(current_shard(self._rank, self._world_size), self._epoch, start)
 
     def _iterate(self, shard: Shard, epoch: int, start: int = 0) -> Iterator[Any]:
         config = self.config
+        self._position = start
         transform, return_index = config.transform, config.return_index
         with start_blocking_portal(self.backend, name="anyloader") as portal:
             engine = portal.wrap_async_context_manager(
@@ -137,7 +192,9 @@ class AsyncDataset(IterableDataset[Any]):
                     for chunk in chunks:
                         consumed += len(chunk)
                         for sample in chunk.samples(return_index=return_index):
-                            yield sample if transform is None else transform(sample)
+                            out = sample if transform is None else transform(sample)
+                            self._position += 1
+                            yield out
             except BaseException as exc:
                 failure = exc
                 raise

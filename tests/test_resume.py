@@ -1,0 +1,179 @@
+"""Mid-epoch resume: consumed before the stop + consumed after = the uninterrupted epoch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _doubles import rows_source
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from anyloader import AsyncDataset
+
+
+def rows_of(batches: list[Any]) -> list[int]:
+    return [int(i) for b in batches for i in b["row"].tolist()]
+
+
+def make(source: Any, **kwargs: Any) -> AsyncDataset:
+    return AsyncDataset(source, columns=["row"], shuffle=True, seed=11, fetch_size=3, **kwargs)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    rows=st.integers(0, 120),
+    num_workers=st.integers(0, 2),
+    world_size=st.integers(1, 2),
+    batch_size=st.integers(1, 9),
+    epoch=st.integers(0, 5),
+    stop=st.integers(0, 30),
+    backend=st.sampled_from(["asyncio", "trio"]),
+)
+def test_resume_yields_exactly_the_rest_in_the_same_order(
+    rows: int,
+    num_workers: int,
+    world_size: int,
+    batch_size: int,
+    epoch: int,
+    stop: int,
+    backend: str,
+) -> None:
+    source = rows_source(rows)
+    for rank in range(world_size):
+        shard = {"rank": rank, "world_size": world_size, "backend": backend}
+
+        def loader(ds: AsyncDataset) -> StatefulDataLoader:
+            return StatefulDataLoader(ds, batch_size=batch_size, num_workers=num_workers)
+
+        full_ds = make(source, **shard)
+        full_ds.set_epoch(epoch)
+        full_batches = list(loader(full_ds))
+        full = rows_of(full_batches)
+        # A checkpoint after StopIteration means "epoch over" to StatefulDataLoader
+        # (the next iteration starts afresh), so stop at the last batch at most.
+        stop = min(stop, len(full_batches))
+
+        first_ds = make(source, **shard)
+        first_ds.set_epoch(epoch)
+        first_loader = loader(first_ds)
+        it = iter(first_loader)
+        before = [batch for _, batch in zip(range(stop), it, strict=False)]
+        state = first_loader.state_dict()
+        del it, first_loader
+
+        resumed_ds = make(source, **shard)
+        resumed_loader = loader(resumed_ds)
+        resumed_loader.load_state_dict(state)
+        after = rows_of(list(resumed_loader))
+
+        assert rows_of(before) + after == full
+
+
+def test_plain_dataloader_resumes_in_the_main_process(backend: str) -> None:
+    ds = make(rows_source(50), backend=backend)
+    ds.set_epoch(2)
+    full = [s["row"] for s in ds]
+    it = iter(ds)
+    before = [next(it)["row"] for _ in range(17)]
+    state = ds.state_dict()
+    it.close()
+    assert state == {"seed": 11, "epoch": 2, "position": 17}
+    again = make(rows_source(50), backend=backend)
+    again.load_state_dict(json.loads(json.dumps(state)))  # survives a JSON round trip
+    assert before + [s["row"] for s in again] == full
+    # The resume point is used once: the next iteration is a whole epoch again.
+    assert [s["row"] for s in again] == full
+
+
+def test_a_new_epoch_drops_the_resume_point() -> None:
+    ds = make(rows_source(20))
+    ds.load_state_dict({"seed": 11, "epoch": 1, "position": 15})
+    ds.set_epoch(2)
+    assert len(list(ds)) == 20
+
+
+@pytest.mark.parametrize(
+    ("state", "error", "match"),
+    [
+        ({"seed": 12, "epoch": 0, "position": 0}, ValueError, "seed=12"),
+        ({"seed": 11, "epoch": 0}, ValueError, "position"),
+        ({"seed": 11, "epoch": -1, "position": 0}, ValueError, "epoch"),
+        ({"seed": 11, "epoch": 0, "position": "3"}, TypeError, "position"),
+    ],
+)
+def test_bad_state_is_rejected(state: dict[str, Any], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        make(rows_source(5)).load_state_dict(state)
+
+
+TRAIN_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, torch
+    from torchdata.stateful_dataloader import StatefulDataLoader
+    from anyloader import AsyncDataset
+
+    url, ckpt, log, backend = sys.argv[1:5]
+    ds = AsyncDataset(url, columns=["masks"], backend=backend, shuffle=True, seed=3,
+                      return_index=True)
+    ds.set_epoch(1)
+    loader = StatefulDataLoader(ds, batch_size=4, num_workers=2)
+    if os.path.exists(ckpt):
+        loader.load_state_dict(torch.load(ckpt, weights_only=False))
+    with open(log, "a") as out:
+        for step, batch in enumerate(loader):
+            out.write(json.dumps(batch["index"].tolist()) + "\\n")
+            out.flush()
+            # Checkpoint after the step, atomically: a kill never leaves half a file.
+            torch.save(loader.state_dict(), ckpt + ".tmp")
+            os.replace(ckpt + ".tmp", ckpt)
+            print(step, flush=True)
+    print("done", flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkill_after_a_checkpoint_then_resume_in_a_new_process(
+    pairs_url: str, backend: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_SCRIPT)
+    ckpt, log = tmp_path / "ckpt.pt", tmp_path / "rows.jsonl"
+
+    def run(until_step: int | None) -> None:
+        cmd = [sys.executable, str(script), pairs_url, str(ckpt), str(log), backend]
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if until_step is not None and line.strip() == str(until_step):
+                    os.kill(proc.pid, signal.SIGKILL)  # no chance to clean up or save
+                    break
+            proc.wait(timeout=60)
+        assert proc.returncode == (-signal.SIGKILL if until_step is not None else 0)
+
+    run(until_step=9)
+    killed_rows = [json.loads(x) for x in log.read_text().splitlines()]
+    assert len(killed_rows) == 10
+    run(until_step=None)
+    all_rows = [i for batch in (json.loads(x) for x in log.read_text().splitlines()) for i in batch]
+    assert sorted(all_rows) == list(range(97)), "a row was lost or read twice across the kill"
+
+    uninterrupted = AsyncDataset(
+        pairs_url, columns=["masks"], shuffle=True, seed=3, return_index=True
+    )
+    uninterrupted.set_epoch(1)
+    loader: Callable[[], Any] = lambda: StatefulDataLoader(  # noqa: E731
+        uninterrupted, batch_size=4, num_workers=2
+    )
+    expected = [i for b in loader() for i in b["index"].tolist()]
+    assert all_rows == expected
