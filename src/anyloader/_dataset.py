@@ -169,6 +169,14 @@ class AsyncDataset(IterableDataset[Any]):
         rank, world_size = resolve_rank(self._rank, self._world_size)
         return rank_length(len(self.config.source), rank, world_size, even=self.config.even)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader pickles the dataset for workers started by spawn or
+        # forkserver, which have no process group: pin the rank seen here,
+        # or every worker would believe it is rank 0 of 1.
+        state = dict(self.__dict__)
+        state["_rank"], state["_world_size"] = resolve_rank(self._rank, self._world_size)
+        return state
+
     def __iter__(self) -> Iterator[Any]:
         start, self._resume_at = self._resume_at, 0
         return self._iterate(current_shard(self._rank, self._world_size), self._epoch, start)

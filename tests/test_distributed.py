@@ -1,0 +1,91 @@
+"""Real ranks (torch.distributed, gloo on loopback), each with DataLoader worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils.data import DataLoader
+
+from anyloader import AsyncDataset
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rank_main(rank: int, world_size: int, port: int, url: str, out: str, start: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        report: dict[str, object] = {}
+        for even in (False, True):
+            ds = AsyncDataset(
+                url, columns=["masks"], shuffle=True, seed=1, return_index=True, even=even
+            )
+            ds.set_epoch(2)
+            loader = DataLoader(ds, batch_size=4, num_workers=2, multiprocessing_context=start)
+            rows = [i for batch in loader for i in batch["index"].tolist()]
+            gathered: list[object] = [None] * world_size
+            dist.all_gather_object(gathered, {"rows": rows, "len": len(ds)})
+            report[str(even)] = gathered
+            report[f"skipped-{even}"] = ds.skipped_rows
+        if rank == 0:
+            Path(out).write_text(json.dumps(report))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    ("world_size", "start"), [(2, "fork"), (3, "spawn")], ids=["2-ranks-fork", "3-ranks-spawn"]
+)
+def test_ranks_times_workers_read_every_row_exactly_once(
+    pairs_url: str, tmp_path: Path, world_size: int, start: str
+) -> None:
+    out = tmp_path / "report.json"
+    mp.spawn(
+        rank_main,
+        args=(world_size, free_port(), pairs_url, str(out), start),
+        nprocs=world_size,
+        join=True,
+    )
+    report = json.loads(out.read_text())
+
+    exact = report["False"]
+    everything = [i for r in exact for i in r["rows"]]
+    assert sorted(everything) == list(range(97))
+    assert all(len(r["rows"]) == r["len"] for r in exact)
+    assert report["skipped-False"] == 0
+
+    even = report["True"]
+    counts = {len(r["rows"]) for r in even}
+    assert counts == {97 // world_size}, "DDP needs every rank to take the same steps"
+    rows = [i for r in even for i in r["rows"]]
+    assert len(rows) == len(set(rows)), "even=True must drop, never duplicate"
+    assert 97 - len(rows) == report["skipped-True"] == 97 % world_size
+
+
+def test_ddp_example_trains_an_epoch_under_torchrun(tmp_path: Path) -> None:
+    example = Path(__file__).parents[1] / "examples" / "ddp_train.py"
+    env = {**os.environ, "ANYLOADER_CACHE": str(tmp_path)}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+        str(example), "--rows", "48", "--size", "64", "--workers", "1",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("rank ")]
+    assert len(lines) == 2
+    assert all("24 samples" in line for line in lines), lines
