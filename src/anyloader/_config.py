@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
-from ._retry import RetryPolicy
+from ._retry import RetryPolicy, default_is_transient
 from ._source import Source
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_FETCH_SIZE",
     "DEFAULT_PREFETCH",
     "LoaderConfig",
+    "LoaderOptions",
     "as_source",
     "check_backend",
     "non_negative_int",
@@ -104,6 +105,24 @@ def _columns(
     return chosen
 
 
+class LoaderOptions(TypedDict, total=False):
+    """The keyword arguments every entry point accepts; defaults in :meth:`LoaderConfig.build`."""
+
+    columns: Sequence[str] | None
+    concurrency: int
+    prefetch: int
+    fetch_size: int
+    shuffle: bool
+    seed: int
+    ordered: bool
+    transform: Callable[[dict[str, Any]], Any] | None
+    return_index: bool
+    even: bool
+    retries: int
+    timeout: float | None
+    retry_if: Callable[[BaseException], bool] | None
+
+
 @dataclass(frozen=True)
 class LoaderConfig:
     """Everything that decides what an epoch yields and how it is fetched.
@@ -181,6 +200,4 @@ class LoaderConfig:
         source_says = getattr(self.source, "is_transient", None)
         if callable(source_says):
             return bool(source_says(exc))
-        from ._retry import default_is_transient
-
         return default_is_transient(exc)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import deeplake
 
 from ._bridge import wait_future
+from ._retry import default_is_transient
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -17,10 +18,8 @@ __all__ = ["DeeplakeSource"]
 
 _DATASET_TYPES = (deeplake.Dataset, deeplake.ReadOnlyDataset, deeplake.DatasetView)
 
-# Errors a retry can plausibly cure: the network or the store hiccupped.
+# deeplake's errors that a retry can plausibly cure: the network or the store hiccupped.
 _TRANSIENT = (
-    TimeoutError,
-    ConnectionError,
     deeplake.StorageNetworkConnectionError,
     deeplake.StorageInternalError,
     deeplake.HTTPRequestFailedError,
@@ -78,8 +77,8 @@ class DeeplakeSource:
         return {"_ds": self._ds, "_columns": self._columns, "_handles": {}}
 
     def is_transient(self, exc: BaseException) -> bool:
-        """Whether a retry may cure ``exc`` (network and storage errors, timeouts)."""
-        return isinstance(exc, _TRANSIENT)
+        """Whether a retry may cure ``exc``: deeplake network/storage errors, timeouts, OSError."""
+        return isinstance(exc, _TRANSIENT) or default_is_transient(exc)
 
     def _column(self, name: str) -> Any:
         handle = self._handles.get(name)

@@ -22,13 +22,14 @@ import anyio
 import numpy as np
 
 from ._bridge import open_future_poller
-from ._config import LoaderConfig, non_negative_int
+from ._config import LoaderConfig, LoaderOptions, non_negative_int
 from ._plan import Shard, plan_epoch
 from ._retry import retrying
 from ._samples import Chunk, check_columns
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import AsyncIterator, Sequence
+    from typing import Unpack  # annotations only: never imported at run time
 
     from anyio.abc import ObjectReceiveStream, ObjectSendStream
     from anyio.streams.memory import MemoryObjectReceiveStream
@@ -267,50 +268,26 @@ async def open_chunks(
 async def open_stream(
     source: object,
     *,
-    columns: Sequence[str] | None = None,
-    concurrency: int = 16,
-    prefetch: int = 64,
-    fetch_size: int = 4,
-    shuffle: bool = False,
-    seed: int = 0,
     epoch: int = 0,
-    ordered: bool = True,
-    transform: Callable[[dict[str, Any]], Any] | None = None,
-    return_index: bool = False,
     shard: Shard | None = None,
-    even: bool = False,
     start: int = 0,
-    retries: int = 3,
-    timeout: float | None = None,
-    retry_if: Callable[[BaseException], bool] | None = None,
+    **options: Unpack[LoaderOptions],
 ) -> AsyncIterator[SampleStream]:
     """Stream one epoch of ``source`` from async code, on asyncio or trio.
 
     ``async with open_stream(url, shuffle=True) as samples: async for s in samples``.
-    Arguments mean what they mean for :class:`AsyncDataset`; ``shard`` picks
-    the slice of the epoch (default: all of it), ``start`` skips that many of
+    ``options`` are :class:`AsyncDataset`'s (``columns``, ``concurrency``,
+    ``prefetch``, ``fetch_size``, ``shuffle``, ``seed``, ``ordered``,
+    ``transform``, ``return_index``, ``even``, ``retries``, ``timeout``,
+    ``retry_if``) with the same defaults and meaning; ``shard`` picks the
+    slice of the epoch (default: all of it) and ``start`` skips that many of
     the shard's rows. The transform runs on the event loop thread here.
 
     Raises:
         TypeError, ValueError: bad arguments, before anything starts.
         Exception: the first fetch failure, unwrapped.
     """
-    config = LoaderConfig.build(
-        source,
-        columns=columns,
-        concurrency=concurrency,
-        prefetch=prefetch,
-        fetch_size=fetch_size,
-        shuffle=shuffle,
-        seed=seed,
-        ordered=ordered,
-        transform=transform,
-        return_index=return_index,
-        even=even,
-        retries=retries,
-        timeout=timeout,
-        retry_if=retry_if,
-    )
+    config = LoaderConfig.build(source, **options)
     if shard is not None and not isinstance(shard, Shard):
         raise TypeError(f"shard must be an anyloader.Shard or None, got {shard!r}")
     async with open_chunks(config, shard or Shard(), epoch=epoch, start=start) as stream:
