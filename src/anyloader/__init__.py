@@ -4,6 +4,7 @@ from ._bridge import wait_future as wait_future
 from ._config import BACKENDS as BACKENDS
 from ._dataset import AsyncDataset as AsyncDataset
 from ._deeplake_source import DeeplakeSource as DeeplakeSource
+from ._faults import FaultySource as FaultySource
 from ._pipeline import SampleStream as SampleStream
 from ._pipeline import open_stream as open_stream
 from ._plan import Shard as Shard
@@ -19,6 +20,7 @@ __all__ = [
     "BACKENDS",
     "AsyncDataset",
     "DeeplakeSource",
+    "FaultySource",
     "MemorySource",
     "RetryPolicy",
     "SampleStream",
