@@ -20,7 +20,20 @@ def rows_source(n: int) -> MemorySource:
     return MemorySource({"row": idx, "image": np.repeat(idx[:, None], 4, axis=1)})
 
 
-class CountingSource:
+class _OverRows:
+    """Columns and length of a ``rows_source``; subclasses decide how ``fetch`` misbehaves."""
+
+    _inner: MemorySource
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self._inner.columns
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+
+class CountingSource(_OverRows):
     """Counts rows fetched and fetches in flight; optionally blocks rows from ``slow_from``."""
 
     def __init__(self, n: int, *, slow_from: int | None = None) -> None:
@@ -30,13 +43,6 @@ class CountingSource:
         self.started = 0
         self.finished = 0
         self.cancelled = 0
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return self._inner.columns
-
-    def __len__(self) -> int:
-        return len(self._inner)
 
     async def fetch(self, indices: Sequence[int], columns: Sequence[str]) -> Columns:
         self.started += 1
@@ -52,7 +58,7 @@ class CountingSource:
         return values
 
 
-class FlakySource:
+class FlakySource(_OverRows):
     """Fails the first ``failures`` attempts of every group with ``error``, then succeeds."""
 
     def __init__(self, n: int, *, failures: int, error: type[Exception] = ConnectionError) -> None:
@@ -60,13 +66,6 @@ class FlakySource:
         self.failures = failures
         self.error = error
         self.attempts: dict[tuple[int, ...], int] = {}
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return self._inner.columns
-
-    def __len__(self) -> int:
-        return len(self._inner)
 
     async def fetch(self, indices: Sequence[int], columns: Sequence[str]) -> Columns:
         key = tuple(indices)
@@ -76,20 +75,13 @@ class FlakySource:
         return await self._inner.fetch(indices, columns)
 
 
-class BrokenSource:
+class BrokenSource(_OverRows):
     """Raises ``error`` on the fetch that includes row ``bad_row``."""
 
     def __init__(self, n: int, *, bad_row: int, error: Exception) -> None:
         self._inner = rows_source(n)
         self.bad_row = bad_row
         self.error = error
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return self._inner.columns
-
-    def __len__(self) -> int:
-        return len(self._inner)
 
     async def fetch(self, indices: Sequence[int], columns: Sequence[str]) -> Columns:
         if self.bad_row in indices:
