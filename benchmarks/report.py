@@ -22,13 +22,14 @@ __all__ = ["markdown_table", "plot", "summarize", "write_json"]
 SCHEMA_VERSION = 1
 
 
-def _median(values: Iterable[float]) -> float:
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    return statistics.median(vals) if vals else float("nan")
+def _median(values: Iterable[float]) -> float | None:
+    """Median of the finite values; ``None`` (JSON null) when there are none."""
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.median(vals) if vals else None
 
 
-def _ratio(value: float, base: float | None) -> float | None:
-    if base is None or not base or math.isnan(base) or math.isnan(value):
+def _ratio(value: float | None, base: float | None) -> float | None:
+    if value is None or not base:
         return None
     return value / base
 
@@ -56,7 +57,9 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "exits": sorted({r["exit"] for r in group}),
                 "samples_per_s": _median(r["samples_per_s"] for r in ok),
                 "first_batch_s": _median(r["first_batch_s"] for r in ok),
-                "cpu_ms_per_sample": _median(1000 * r["cpu_s_per_sample"] for r in ok),
+                "cpu_ms_per_sample": _median(
+                    1000 * r["cpu_s"] / r["samples"] for r in ok if r["samples"]
+                ),
                 "peak_rss_mib": _median(r["peak_rss_bytes"] / 2**20 for r in ok),
                 "samples": _median(r["samples"] for r in ok),
             }
@@ -76,8 +79,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _best(rows: Sequence[dict[str, Any]], families: Sequence[str]) -> float | None:
     rates = [r["samples_per_s"] for r in rows if r["family"] in families]
-    rates = [v for v in rates if not math.isnan(v)]
-    return max(rates, default=None)
+    return max((v for v in rates if v is not None), default=None)
 
 
 def _order(row: dict[str, Any]) -> tuple[int, str]:
@@ -91,16 +93,13 @@ def _fold_ceiling(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for store in sorted({r["store"] for r in rows}):
         settings = [r for r in rows if r["family"] == "ceiling" and r["store"] == store]
         if settings:
-            best = max(
-                settings,
-                key=lambda r: -1.0 if math.isnan(r["samples_per_s"]) else r["samples_per_s"],
-            )
+            best = max(settings, key=lambda r: r["samples_per_s"] or 0.0)
             out.append({**best, "loader": "ceiling", "setting": best["loader"]})
     return out
 
 
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None:
         return "-"
     return f"{value:{spec}}{suffix}"
 
@@ -153,7 +152,7 @@ def plot(
     for ax, store in zip(axes[0], stores, strict=True):
         mine = [r for r in summary if r["store"] == store]
         names = [r["loader"] for r in mine]
-        medians = [0.0 if math.isnan(r["samples_per_s"]) else r["samples_per_s"] for r in mine]
+        medians = [r["samples_per_s"] or 0.0 for r in mine]
         colors = [_color(r["family"]) for r in mine]
         ax.barh(range(len(mine)), medians, color=colors)
         for i, r in enumerate(mine):
@@ -204,7 +203,9 @@ def markdown_document(
         f"Wall time {settings['wall_s']:.0f} s.",
         "",
         f"Machine: {machine['cpus']} cores ({machine['cpu_model']}), {machine['memory_gib']} GiB, "
-        f"{machine['os']}, Python {machine['python']}; {packages}.",
+        f"{machine['os']}, Python {machine['python']}; {packages}; "
+        f"anyloader source {machine['anyloader_source']}, "
+        f"imported from `{machine['anyloader_imported_from']}`.",
         "",
         "Medians over runs. `x best peer` divides by the fastest of documented-async and "
         "deeplake-pytorch-w*; `of ceiling` by the best raw `Column.get_async` setting. "

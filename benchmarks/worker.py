@@ -71,7 +71,7 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         "samples_per_s": samples / seconds if seconds > 0 else 0.0,
         "first_batch_s": first_batch_s if first_batch_s is not None else seconds,
         "cpu_s": usage.cpu_s,
-        "cpu_s_per_sample": usage.cpu_s / samples if samples else float("nan"),
+        "cpu_s_per_sample": usage.cpu_s / samples if samples else None,
         "peak_rss_bytes": usage.peak_rss_bytes,
     }
 

@@ -93,7 +93,12 @@ def test_results_json_is_well_formed(quick_run: dict[str, Any]) -> None:
     summary = {(row["store"], row["loader"]): row for row in doc["summary"]}
     assert set(summary) == {(store, loader) for store in STORES for loader in LOADERS}
     for (store, loader), row in summary.items():
-        assert row["ok_runs"] == row["runs"] == 1, (store, loader, row)
+        assert row["runs"] == 1
+        if row["ok_runs"] == 0:
+            # The documented design may die mid-epoch; that is data, not a harness bug.
+            assert loader == "documented-async", (store, row)
+            assert row["samples_per_s"] is None
+            continue
         assert row["samples_per_s"] > 0
         assert row["first_batch_s"] > 0
         assert row["cpu_ms_per_sample"] >= 0
@@ -107,10 +112,11 @@ def test_results_json_is_well_formed(quick_run: dict[str, Any]) -> None:
         assert summary[store, "ceiling"]["setting"].startswith("ceiling-")
 
     for run in doc["runs"]:
-        assert run["ok"] is True
         assert isinstance(run["clean_exit"], bool)
-        assert run["exit"] == "clean" or "exit" in run["exit"]
-        assert math.isclose(run["samples_per_s"], run["samples"] / run["seconds"])
+        assert run["exit"] == "clean" or "exit" in run["exit"] or "status" in run["exit"]
+        assert run["ok"] is True or run["loader"] == "documented-async"
+        if run["ok"]:
+            assert math.isclose(run["samples_per_s"], run["samples"] / run["seconds"])
 
     micro = {(m["backend"], m["api"]): m for m in doc["micro"]}
     apis = ("AsyncDataset", "open_stream")
@@ -181,6 +187,7 @@ def test_summary_ratios_compare_medians_within_a_store() -> None:
             "exit": "clean",
             "samples_per_s": rate,
             "first_batch_s": 0.1,
+            "cpu_s": 0.01,
             "cpu_s_per_sample": 0.001,
             "peak_rss_bytes": 2**20,
             "samples": 10,
