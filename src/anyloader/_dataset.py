@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from anyio.from_thread import start_blocking_portal
@@ -20,9 +23,22 @@ from ._plan import Shard, rank_length
 from ._shard import check_rank, current_shard, resolve_rank
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 
 __all__ = ["AsyncDataset"]
+
+# Iterators still open at interpreter exit are closed by an atexit hook, while
+# their event loop threads (daemons) still run. Left to final garbage
+# collection, closing one waits forever on a frozen loop thread (trio) or
+# aborts the process (asyncio): see tests/test_exit.py.
+_open_iterators: weakref.WeakSet[Generator[Any, None, None]] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_iterators() -> None:
+    for iterator in list(_open_iterators):
+        with contextlib.suppress(Exception):
+            iterator.close()
 
 
 class AsyncDataset(IterableDataset[Any]):
@@ -179,9 +195,11 @@ class AsyncDataset(IterableDataset[Any]):
 
     def __iter__(self) -> Iterator[Any]:
         start, self._resume_at = self._resume_at, 0
-        return self._iterate(current_shard(self._rank, self._world_size), self._epoch, start)
+        iterator = self._iterate(current_shard(self._rank, self._world_size), self._epoch, start)
+        _open_iterators.add(iterator)
+        return iterator
 
-    def _iterate(self, shard: Shard, epoch: int, start: int = 0) -> Iterator[Any]:
+    def _iterate(self, shard: Shard, epoch: int, start: int = 0) -> Generator[Any, None, None]:
         config = self.config
         self._position = start
         transform, return_index = config.transform, config.return_index

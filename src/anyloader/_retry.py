@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -32,7 +33,7 @@ class RetryPolicy:
     raises ``TimeoutError``, which is transient by default.
 
     Raises:
-        TypeError, ValueError: at construction, for a negative or non-numeric setting.
+        TypeError, ValueError: at construction, for a negative, NaN or non-numeric setting.
     """
 
     retries: int = 3
@@ -51,7 +52,7 @@ class RetryPolicy:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{name} must be a number, got {value!r}")
-            if value < 0 or (name == "timeout" and value == 0):
+            if math.isnan(value) or value < 0 or (name == "timeout" and value == 0):
                 raise ValueError(f"{name} must be positive, got {value}")
 
     def delay(self, attempt: int, rng: random.Random) -> float:

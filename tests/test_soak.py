@@ -1,0 +1,59 @@
+"""A short soak: ``benchmarks/soak.py`` over several epochs with faults, in a fresh process.
+
+The full soak (20 epochs over 3,000 rows) is ``python -m benchmarks.soak``;
+this one keeps the same checks at a size CI can afford: every epoch
+exactly-once with matching contents under injected faults, and RSS (current
+and peak) after the last epoch within 10% of after epoch 2.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCHS = 6
+ROWS = 400
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_epochs_with_faults(
+    make_pairs: Callable[[int], str], backend: str
+) -> None:
+    url = make_pairs(ROWS)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.soak",
+            "--url",
+            url,
+            "--epochs",
+            str(EPOCHS),
+            "--backend",
+            backend,
+            "--transient-rate",
+            "0.1",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stderr == ""
+    summary = json.loads(done.stdout.splitlines()[-1])
+    assert summary["epochs"] == EPOCHS
+    assert [r["rows"] for r in summary["records"]] == [ROWS] * EPOCHS
+    assert summary["rss_drift"] <= 0.10
+    assert summary["peak_rss_drift"] <= 0.10
+    # Faults were injected, and each cost at least one retry (a timeout may add one).
+    assert summary["faults_injected"] > 0
+    assert summary["retries"] >= summary["faults_injected"]
