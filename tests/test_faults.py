@@ -449,3 +449,48 @@ def test_permanent_failure_reaches_the_training_loop_within_a_second(
     assert any("not retried" in note for note in info.value.__notes__)
     leftover = {t.name for t in threading.enumerate() if t.ident not in thread_baseline}
     assert leftover == set()
+
+
+# --- a latency store that faults: moto S3 on loopback ---------------------------
+
+
+@pytest.mark.slow
+async def test_exactly_once_through_a_faulty_latency_store() -> None:
+    """20 ms per GET, 20% of GETs answer 500 or reset the connection, plus 20% injected errors."""
+    import deeplake
+    from deeplake import types
+
+    from anyloader._synthetic import make_pair
+    from benchmarks import s3_server
+
+    rows = 48
+    with s3_server.serve(latency_s=0.02, fault_rate=0.2, seed=5) as endpoint_url:
+        creds = {**s3_server.CREDS, "endpoint_url": endpoint_url}
+        s3_server.create_bucket(endpoint_url, "anyloader-faults")
+        url = "s3://anyloader-faults/pairs"
+        ds = deeplake.create(url, creds=creds)
+        ds.add_column("images", types.Image(types.UInt8(), sample_compression="jpeg"))
+        ds.add_column("masks", types.BinaryMask(sample_compression="lz4"))
+        pairs = [make_pair(i) for i in range(rows)]
+        ds.append({"images": [p[0] for p in pairs], "masks": [p[1] for p in pairs]})
+        ds.commit()
+        faulty = FaultySource(
+            DeeplakeSource(url, creds=creds), seed=5, transient_rate=0.2, hang_rate=0.05
+        )
+        config = fast_config(
+            faulty,
+            retry=dataclasses.replace(FAST, timeout=5.0),
+            concurrency=16,
+            fetch_size=2,
+            shuffle=True,
+            return_index=True,
+        )
+        with anyio.fail_after(120):
+            samples = await drain(config)
+    got = sorted(int(s["index"]) for s in samples)
+    assert got == list(range(rows))
+    for sample in samples:
+        assert read_row_id(sample["images"]) == sample["index"]
+        assert read_row_id(sample["masks"]) == sample["index"]
+    assert faulty.stats.transient > 0
+    assert faulty.stats.calls >= rows // 2 + faulty.stats.transient
