@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         backend=args.backend,
         num_workers=args.workers,
         batch_size=args.batch_size,
-        check_pairs=generated,
+        pairs=generated,
         progress=not args.no_progress,
     )
     print(

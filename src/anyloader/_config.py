@@ -145,6 +145,7 @@ class LoaderConfig:
     even: bool = False
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     retry_if: Callable[[BaseException], bool] | None = None
+    batch_size: int | None = None
 
     @classmethod
     def build(
@@ -164,6 +165,7 @@ class LoaderConfig:
         retries: int = 3,
         timeout: float | None = None,
         retry_if: Callable[[BaseException], bool] | None = None,
+        batch_size: int | None = None,
     ) -> LoaderConfig:
         """Validate user arguments and wrap the source."""
         src = as_source(source)
@@ -186,12 +188,18 @@ class LoaderConfig:
             even=_bool("even", even),
             retry=RetryPolicy(retries=retries, timeout=timeout),
             retry_if=retry_if,
+            batch_size=None if batch_size is None else positive_int("batch_size", batch_size),
         )
 
     @property
     def budget(self) -> int:
-        """Most rows fetched but not yet consumed at any moment."""
-        return self.prefetch + self.concurrency * self.fetch_size
+        """Most rows fetched but not yet consumed at any moment.
+
+        With ``batch_size`` the rows of the batch being assembled count too
+        (they are not consumed until their batch is), so the budget has room
+        for them on top: a batch larger than ``prefetch`` cannot stall.
+        """
+        return self.prefetch + self.concurrency * self.fetch_size + (self.batch_size or 0)
 
     def is_transient(self, exc: BaseException) -> bool:
         """Whether a failed fetch should be retried: ``retry_if``, else the source's view."""

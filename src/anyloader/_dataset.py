@@ -5,11 +5,15 @@ from __future__ import annotations
 import atexit
 import contextlib
 import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from anyio.from_thread import start_blocking_portal
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, get_worker_info
 
+from ._batching import BatchBuilder
 from ._config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_FETCH_SIZE,
@@ -23,9 +27,13 @@ from ._plan import Shard, rank_length
 from ._shard import check_rank, current_shard, resolve_rank
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+    from collections.abc import Generator, Mapping, Sequence
+
+    from ._samples import Chunk
 
 __all__ = ["AsyncDataset"]
+
+_Receive = Callable[[int], "list[Chunk]"]
 
 # Iterators still open at interpreter exit are closed by an atexit hook, while
 # their event loop threads (daemons) still run. Left to final garbage
@@ -49,6 +57,12 @@ class AsyncDataset(IterableDataset[Any]):
     most ``prefetch + concurrency * fetch_size`` rows fetched ahead of the
     consumer. Samples are dicts ``{column: value}`` (plus ``"index"`` with
     ``return_index``) with writable arrays, passed through ``transform``.
+
+    With ``batch_size`` the dataset yields whole batches instead (use
+    ``DataLoader(ds, batch_size=None)``): ``{column: tensor}`` for columns
+    that stack, lists for ragged or text columns, each value copied once,
+    straight into the batch (in shared memory inside DataLoader workers);
+    ``transform`` then receives batches. A shard's last batch may be short.
 
     Guarantees:
         * Over all DataLoader workers of all ranks, an epoch yields every row
@@ -86,6 +100,7 @@ class AsyncDataset(IterableDataset[Any]):
         retries: int = 3,
         timeout: float | None = None,
         retry_if: Callable[[BaseException], bool] | None = None,
+        batch_size: int | None = None,
     ) -> None:
         super().__init__()
         self.backend = check_backend(backend)
@@ -105,6 +120,7 @@ class AsyncDataset(IterableDataset[Any]):
             retries=retries,
             timeout=timeout,
             retry_if=retry_if,
+            batch_size=batch_size,
         )
         self._rank = rank
         self._world_size = world_size
@@ -200,27 +216,30 @@ class AsyncDataset(IterableDataset[Any]):
         return iterator
 
     def _iterate(self, shard: Shard, epoch: int, start: int = 0) -> Generator[Any, None, None]:
-        config = self.config
         self._position = start
-        transform, return_index = config.transform, config.return_index
+        unpack = self._samples if self.config.batch_size is None else self._batches
+        with self._engine(shard, epoch, start) as receive:
+            for item, rows in unpack(receive):
+                self._position += rows
+                yield item
+
+    @contextmanager
+    def _engine(self, shard: Shard, epoch: int, start: int) -> Iterator[_Receive]:
+        """Run the engine in a private event loop thread; yield its chunk receiver.
+
+        The receiver takes the number of rows consumed since its last call
+        (they go back to the row budget) and returns the chunks ready now,
+        ``[]`` at the end of the epoch: one thread round trip per batch of
+        ready chunks, not per sample.
+        """
         with start_blocking_portal(self.backend, name="anyloader") as portal:
             engine = portal.wrap_async_context_manager(
-                open_chunks(config, shard, epoch=epoch, start=start)
+                open_chunks(self.config, shard, epoch=epoch, start=start)
             )
             stream = engine.__enter__()
             failure: BaseException | None = None
             try:
-                consumed = 0
-                # One thread round trip per batch of ready chunks, not per sample;
-                # the rows of the previous batch go back to the budget with it.
-                while chunks := portal.call(stream.receive_chunks, consumed):
-                    consumed = 0
-                    for chunk in chunks:
-                        consumed += len(chunk)
-                        for sample in chunk.samples(return_index=return_index):
-                            out = sample if transform is None else transform(sample)
-                            self._position += 1
-                            yield out
+                yield partial(portal.call, stream.receive_chunks)
             except BaseException as exc:
                 failure = exc
                 raise
@@ -231,3 +250,33 @@ class AsyncDataset(IterableDataset[Any]):
                     # The engine re-raises the failure the stream already raised.
                     if exc is not failure:
                         raise
+
+    def _samples(self, receive: _Receive) -> Iterator[tuple[Any, int]]:
+        transform, return_index = self.config.transform, self.config.return_index
+        consumed = 0
+        while chunks := receive(consumed):
+            consumed = 0
+            for chunk in chunks:
+                consumed += len(chunk)
+                for sample in chunk.samples(return_index=return_index):
+                    yield (sample if transform is None else transform(sample)), 1
+
+    def _batches(self, receive: _Receive) -> Iterator[tuple[Any, int]]:
+        config, transform = self.config, self.config.transform
+        assert config.batch_size is not None
+        builder = BatchBuilder(
+            config.batch_size,
+            return_index=config.return_index,
+            shared=get_worker_info() is not None,
+        )
+        # Rows go back to the budget once their batch is out, not when fetched:
+        # the partial batch being assembled stays inside the bound.
+        consumed = 0
+        while chunks := receive(consumed):
+            consumed = 0
+            for chunk in chunks:
+                for batch, rows in builder.add(chunk):
+                    consumed += rows
+                    yield (batch if transform is None else transform(batch)), rows
+        for batch, rows in builder.finish():
+            yield (batch if transform is None else transform(batch)), rows

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ._synthetic import create_image_mask_dataset, read_row_id
 
@@ -50,11 +51,13 @@ def demo_dataset(rows: int, size: int, *, root: Path | None = None) -> str:
     return f"file://{final}"
 
 
-def check_pair(sample: dict[str, Any]) -> dict[str, Any]:
-    """Transform that records whether the image and mask both carry the row's own number."""
-    index = sample["index"]
-    sample["pair_ok"] = read_row_id(sample["images"]) == index == read_row_id(sample["masks"])
-    return sample
+def check_pairs(batch: dict[str, Any]) -> dict[str, Any]:
+    """Batch transform: whether each image and mask both carry their row's own number."""
+    rows = zip(
+        batch["images"].numpy(), batch["masks"].numpy(), batch["index"].tolist(), strict=True
+    )
+    batch["pair_ok"] = torch.tensor([read_row_id(i) == r == read_row_id(m) for i, m, r in rows])
+    return batch
 
 
 @dataclass(frozen=True)
@@ -83,24 +86,26 @@ def run_demo(
     num_workers: int = 2,
     batch_size: int = 32,
     shuffle: bool = True,
-    check_pairs: bool = True,
+    pairs: bool = True,
     progress: bool = True,
 ) -> DemoResult:
     """Stream one epoch of ``url`` and check that every row arrived exactly once."""
-    import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     from ._dataset import AsyncDataset
 
+    # Batch mode: the dataset builds each batch with one copy, so the
+    # DataLoader only moves batches (batch_size=None).
     dataset = AsyncDataset(
         url,
         backend=backend,
         shuffle=shuffle,
         return_index=True,
-        transform=check_pair if check_pairs else None,
+        batch_size=batch_size,
+        transform=check_pairs if pairs else None,
     )
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers)
     expected = len(dataset)
     seen = np.zeros(len(dataset.config.source), dtype=np.int64)
     mismatched = 0
@@ -112,11 +117,10 @@ def run_demo(
                 first_batch = time.perf_counter() - start
             indices = batch["index"].numpy()
             np.add.at(seen, indices, 1)
-            if check_pairs:
+            if pairs:
                 mismatched += int((~batch["pair_ok"]).sum().item())
             bar.update(len(indices))
     seconds = time.perf_counter() - start
-    del torch
     return DemoResult(
         rows=int(seen.sum()),
         expected=expected,
@@ -124,5 +128,5 @@ def run_demo(
         first_batch_seconds=first_batch,
         duplicates=int((seen > 1).sum()),
         missing=int((seen == 0).sum()),
-        mismatched_pairs=mismatched if check_pairs else None,
+        mismatched_pairs=mismatched if pairs else None,
     )

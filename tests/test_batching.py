@@ -1,0 +1,147 @@
+"""Batch mode: ``AsyncDataset(batch_size=B)`` builds batches itself, one copy per value."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from _doubles import CountingSource, rows_source
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader, default_collate
+
+from anyloader import AsyncDataset
+from anyloader._batching import BatchBuilder
+from anyloader._samples import Chunk
+from anyloader._synthetic import read_row_id
+
+
+def chunk(rows: list[int]) -> Chunk:
+    idx = np.asarray(rows, dtype=np.int64)
+    image = np.repeat(idx[:, None], 3, axis=1).astype(np.uint8)
+    image.setflags(write=False)  # as deeplake hands them out
+    ragged = [np.arange(r % 3 + 1) for r in rows]
+    return Chunk(idx, {"image": image, "ragged": ragged, "text": [f"row {r}" for r in rows]})
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 9), max_size=12),
+    batch_size=st.integers(1, 20),
+)
+def test_batches_cut_the_stream_in_order(sizes: list[int], batch_size: int) -> None:
+    builder = BatchBuilder(batch_size, return_index=True, shared=False)
+    batches: list[dict[str, Any]] = []
+    start = 0
+    for size in sizes:
+        batches += [b for b, _ in builder.add(chunk(list(range(start, start + size))))]
+        start += size
+    batches += [b for b, _ in builder.finish()]
+    total = sum(sizes)
+    assert [len(b["index"]) for b in batches[:-1]] == [batch_size] * (len(batches) - 1)
+    assert sum(len(b["index"]) for b in batches) == total
+    flat = [int(i) for b in batches for i in b["index"]]
+    assert flat == list(range(total))
+    for b in batches:
+        assert isinstance(b["image"], torch.Tensor)
+        assert b["image"][:, 0].tolist() == [i % 256 for i in b["index"].tolist()]
+        assert [len(r) for r in b["ragged"]] == [i % 3 + 1 for i in b["index"].tolist()]
+        assert b["text"] == [f"row {i}" for i in b["index"].tolist()]
+
+
+def test_batches_in_a_worker_are_allocated_in_shared_memory() -> None:
+    builder = BatchBuilder(4, return_index=False, shared=True)
+    ((batch, rows),) = builder.add(chunk([0, 1, 2, 3]))
+    assert rows == 4
+    assert batch["image"].is_shared()
+    batch["image"] += 1  # writable: never a view of the fetched, read-only arrays
+
+
+def pairs_ok(batch: dict[str, Any]) -> dict[str, Any]:
+    images, masks = batch["images"].numpy(), batch["masks"].numpy()
+    batch["ok"] = [
+        read_row_id(i) == index == read_row_id(m)
+        for i, m, index in zip(images, masks, batch["index"].tolist(), strict=True)
+    ]
+    return batch
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_batched_epoch_is_exactly_once_with_pairs_intact(
+    pairs_url: str, backend: str, num_workers: int
+) -> None:
+    ds = AsyncDataset(
+        pairs_url, backend=backend, shuffle=True, return_index=True, batch_size=10,
+        transform=pairs_ok,
+    )  # fmt: skip
+    rows: list[int] = []
+    for batch in DataLoader(ds, batch_size=None, num_workers=num_workers):
+        assert all(batch["ok"])
+        assert batch["images"].shape[1:] == (64, 64, 3)
+        rows += batch["index"].tolist()
+    assert sorted(rows) == list(range(97))
+
+
+def test_batch_mode_gives_what_default_collate_gives(pairs_url: str, backend: str) -> None:
+    per_sample = DataLoader(AsyncDataset(pairs_url, backend=backend, fetch_size=3), batch_size=8)
+    batched = AsyncDataset(pairs_url, backend=backend, fetch_size=3, batch_size=8)
+    for a, b in zip(per_sample, batched, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key])
+            assert a[key].dtype == b[key].dtype
+
+
+def test_batch_larger_than_prefetch_never_stalls_and_stays_bounded(backend: str) -> None:
+    source = CountingSource(500)
+    ds = AsyncDataset(source, backend=backend, batch_size=64, prefetch=4, concurrency=2,
+                      fetch_size=3)  # fmt: skip
+    seen = 0
+    for batch in ds:
+        seen += len(batch["row"])
+        assert source.fetched_rows - seen <= ds.config.budget
+    assert seen == 500
+
+
+def test_transform_receives_whole_batches(backend: str) -> None:
+    def mean_row(batch: dict[str, Any]) -> float:
+        return float(batch["row"].float().mean())
+
+    got = list(AsyncDataset(rows_source(10), backend=backend, batch_size=4, transform=mean_row))
+    assert got == [1.5, 5.5, 8.5]
+
+
+def test_batched_resume_continues_after_the_last_batch(backend: str) -> None:
+    def make() -> AsyncDataset:
+        return AsyncDataset(rows_source(50), backend=backend, batch_size=7, shuffle=True)
+
+    full = [b["row"].tolist() for b in make()]
+    ds = make()
+    it = iter(ds)
+    before = [next(it)["row"].tolist() for _ in range(3)]
+    state = ds.state_dict()
+    it.close()
+    assert state["position"] == 21
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert before + [b["row"].tolist() for b in resumed] == full
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [(0, ValueError), ("32", TypeError), (True, TypeError)]
+)
+def test_bad_batch_size_is_rejected(value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="batch_size"):
+        AsyncDataset(rows_source(3), batch_size=value)  # type: ignore[arg-type]
+
+
+def test_collated_batches_match(make_pairs: Callable[[int], str]) -> None:
+    url = make_pairs(13)
+    samples = list(AsyncDataset(url, columns=["masks"], return_index=True))
+    (batch,) = list(AsyncDataset(url, columns=["masks"], return_index=True, batch_size=13))
+    expected = default_collate(samples)
+    assert torch.equal(batch["masks"], expected["masks"])
+    assert batch["index"].tolist() == expected["index"].tolist()
