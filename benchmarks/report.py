@@ -220,4 +220,105 @@ def markdown_document(
             "",
             micro_table(micro),
         ]
+    parts += [
+        "",
+        "Issue-3 targets, for the fastest anyloader setting of each store:",
+        "",
+        targets_table(target_checks(summary, micro)),
+    ]
     return "\n".join(parts) + "\n"
+
+
+#: Issue 3's throughput targets per store: (x sequential, x best peer, share of ceiling).
+TARGETS = {"s3": (8.0, 1.3, 0.9), "local": (1.7, 1.3, 0.9)}
+#: Issue 3's pure-overhead target, rows/s per backend and API.
+OVERHEAD_TARGET = 50_000
+
+
+def target_checks(
+    summary: Sequence[dict[str, Any]], micro: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each issue-3 target: the best anyloader setting's value per store, and met or not."""
+    checks: list[dict[str, Any]] = []
+
+    def check(target: str, store: str, value: float | None, threshold: float, higher: bool) -> None:
+        met = value is not None and (value >= threshold if higher else value <= threshold)
+        checks.append(
+            {"target": target, "store": store, "value": value, "threshold": threshold, "met": met}
+        )
+
+    for store, (x_seq, x_peer, of_ceiling) in TARGETS.items():
+        mine = [r for r in summary if r["store"] == store]
+        ours = [r for r in mine if r["family"] == "anyloader" and r["samples_per_s"] is not None]
+        if not ours:
+            continue
+        best = max(ours, key=lambda r: r["samples_per_s"])
+        sequential = next((r for r in mine if r["family"] == "sequential"), None)
+        check(f"{best['loader']} x sequential", store, best["x_sequential"], x_seq, True)
+        check(f"{best['loader']} x best peer", store, best["x_best_peer"], x_peer, True)
+        check(f"{best['loader']} of ceiling", store, best["of_ceiling"], of_ceiling, True)
+        if sequential is not None and sequential["cpu_ms_per_sample"] is not None:
+            check(
+                f"{best['loader']} CPU ms/sample <= sequential",
+                store,
+                best["cpu_ms_per_sample"],
+                sequential["cpu_ms_per_sample"],
+                False,
+            )
+    for m in micro:
+        check(
+            f"overhead {m['backend']} {m['api']} rows/s",
+            "memory",
+            m["rows_per_s"],
+            OVERHEAD_TARGET,
+            True,
+        )
+    return checks
+
+
+def targets_table(checks: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of :func:`target_checks`."""
+    lines = ["| store | target | measured | threshold | met |", "|---|---|---|---|---|"]
+    for c in checks:
+        value = "-" if c["value"] is None else f"{c['value']:,.2f}"
+        lines.append(
+            f"| {c['store']} | {c['target']} | {value} | {c['threshold']:,.2f} "
+            f"| {'yes' if c['met'] else '**no**'} |"
+        )
+    return "\n".join(lines)
+
+
+def write_all(out: Path, document: dict[str, Any]) -> str:
+    """Write ``results.json``, ``results.md`` and ``results.png`` to ``out``; return the Markdown.
+
+    ``document`` holds ``settings``, ``machine``, ``runs`` and ``micro``; the
+    summary and target checks are derived from them here.
+    """
+    settings, machine = document["settings"], document["machine"]
+    runs, micro = document["runs"], document["micro"]
+    summary = summarize(runs)
+    full = {**document, "summary": summary, "targets": target_checks(summary, micro)}
+    write_json(out / "results.json", {k: v for k, v in full.items() if k != "schema"})
+    markdown = markdown_document(settings, machine, summary, micro)
+    (out / "results.md").write_text(markdown)
+    title = (
+        f"{settings['rows']} rows {settings['size']}px, "
+        f"S3 latency {settings['latency_ms']:g} ms, {machine['cpus']} cores"
+    )
+    plot(summary, runs, out / "results.png", title)
+    return markdown
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Re-render a results directory from its ``results.json`` (after a report change)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=main.__doc__)
+    parser.add_argument("out", type=Path, help="directory holding results.json")
+    args = parser.parse_args(argv)
+    document = json.loads((args.out / "results.json").read_text())
+    print(write_all(args.out, document))
+
+
+if __name__ == "__main__":
+    main()

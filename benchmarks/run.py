@@ -176,7 +176,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 runs.append({**result, "repeat": repeat})
     micro = run_micro(args.micro_rows, args.repeats)
 
-    summary = report.summarize(runs)
     settings = {
         "rows": args.rows,
         "size": args.size,
@@ -188,24 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "loaders": [s.name for s in specs],
         "wall_s": round(time.time() - started, 1),
     }
-    machine = describe()
-    report.write_json(
-        out / "results.json",
-        {
-            "settings": settings,
-            "machine": machine,
-            "summary": summary,
-            "runs": runs,
-            "micro": micro,
-        },
-    )
-    markdown = report.markdown_document(settings, machine, summary, micro)
-    (out / "results.md").write_text(markdown)
-    title = (
-        f"{args.rows} rows {args.size}px, S3 latency {args.latency_ms:g} ms, "
-        f"{machine['cpus']} cores"
-    )
-    report.plot(summary, runs, out / "results.png", title)
+    document = {"settings": settings, "machine": describe(), "runs": runs, "micro": micro}
+    markdown = report.write_all(out, document)
     print(markdown)
     failed = [r for r in runs if not r.get("ok")]
     for r in failed:

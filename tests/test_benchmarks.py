@@ -86,7 +86,7 @@ def test_quick_run_succeeds_and_leaves_nothing_running(quick_run: dict[str, Any]
 def test_results_json_is_well_formed(quick_run: dict[str, Any]) -> None:
     doc = json.loads((quick_run["out"] / "results.json").read_text())
     assert doc["schema"] == report.SCHEMA_VERSION
-    assert set(doc) >= {"settings", "machine", "summary", "runs", "micro"}
+    assert set(doc) >= {"settings", "machine", "summary", "runs", "micro", "targets"}
     assert doc["settings"]["rows"] == 64
     assert doc["machine"]["cpus"] >= 1
 
@@ -122,6 +122,10 @@ def test_results_json_is_well_formed(quick_run: dict[str, Any]) -> None:
     apis = ("AsyncDataset", "open_stream")
     assert set(micro) == {(b, a) for b in ("asyncio", "trio") for a in apis}
     assert all(m["rows_per_s"] > 0 for m in micro.values())
+    for check in doc["targets"]:
+        assert isinstance(check["met"], bool)
+        assert check["store"] in {*STORES, "memory"}
+    assert {c["store"] for c in doc["targets"]} == {*STORES, "memory"}
 
 
 @pytest.mark.slow
@@ -133,6 +137,7 @@ def test_markdown_table_and_png_are_written(quick_run: dict[str, Any]) -> None:
         for loader in LOADERS:
             assert f"| {store} | {loader}" in markdown
     assert "| trio | open_stream |" in markdown
+    assert "| store | target | measured | threshold | met |" in markdown
     assert markdown.split("| store |")[1] in quick_run["done"].stdout  # the table is printed
     png = (out / "results.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
