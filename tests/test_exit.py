@@ -79,9 +79,13 @@ SCRIPT = textwrap.dedent(
 # finalisation (SystemExit propagates to the top; nothing calls os._exit).
 ZYGOTE = textwrap.dedent(
     """
-    import json, os, runpy, sys
+    import gc, json, os, runpy, sys
     import numpy, anyio, trio, torch
     from torch.utils.data import DataLoader
+
+    # Pre-fork server practice: keep the collector off the preloaded objects,
+    # so children do not copy every page of torch on write.
+    gc.freeze()
 
     script, runs_file, out_dir = sys.argv[1], sys.argv[2], sys.argv[3]
     runs = json.loads(open(runs_file).read())
