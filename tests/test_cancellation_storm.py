@@ -291,3 +291,48 @@ def test_leaving_a_dataloader_with_two_workers_leaks_nothing(
         for thread in threading.enumerate():
             if thread.name == "QueueFeederThread":
                 thread.join(timeout=10)
+
+
+class StallingColumn(TrackedColumn):
+    """The first request for each group of rows never completes (as far as the poller sees)."""
+
+    def __init__(self, column: Any, log: list[TrackedFuture], seen: set[tuple[int, ...]]) -> None:
+        super().__init__(column, log)
+        self._seen = seen
+
+    def get_async(self, rows: Sequence[int]) -> TrackedFuture:
+        future = super().get_async(rows)
+        key = tuple(int(r) for r in rows)
+        if key not in self._seen:
+            self._seen.add(key)
+            future.is_completed = lambda: False  # type: ignore[method-assign]
+        return future
+
+
+class StallingSource(TrackingSource):
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.stalled: set[tuple[int, ...]] = set()
+
+    def _column(self, name: str) -> Any:
+        return StallingColumn(DeeplakeSource._column(self, name), self.futures, self.stalled)
+
+
+async def test_a_timeout_cancels_the_stalled_deeplake_future_and_the_retry_succeeds(
+    warm: str, pollers: list[_bridge.FuturePoller]
+) -> None:
+    from anyloader import open_stream
+
+    source = StallingSource(warm)
+    with anyio.fail_after(60):
+        async with open_stream(
+            source, columns=["masks"], fetch_size=8, timeout=0.05, retries=2, return_index=True
+        ) as samples:
+            got = [(int(s["index"]), read_row_id(s["masks"])) async for s in samples]
+    assert sorted(i for i, _ in got) == list(range(ROWS))
+    assert all(i == row for i, row in got)
+    stalled = [f for f in source.futures if not f.is_completed()]
+    assert len(stalled) == len(source.stalled) == -(-ROWS // 8)  # one per group
+    assert all(f.cancelled for f in stalled)  # cancelled by the timeout, not left waiting
+    assert source.pending() == []
+    assert all(p.pending == 0 for p in pollers)
