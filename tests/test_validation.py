@@ -56,6 +56,10 @@ SHARED: list[tuple[str, object, type[Exception], str]] = [
     ("timeout", math.nan, ValueError, "timeout"),
     ("timeout", "1", TypeError, "timeout"),
     ("timeout", True, TypeError, "timeout"),
+    ("backoff", -0.5, ValueError, "backoff"),
+    ("backoff", "fast", TypeError, "backoff"),
+    ("max_backoff", math.nan, ValueError, "max_backoff"),
+    ("max_backoff", None, TypeError, "max_backoff"),
     ("retry_if", 3, TypeError, "retry_if"),
     ("retry_if", "ConnectionError", TypeError, "retry_if"),
     ("return_index", True, ValueError, "index"),  # with a column named "index" (see below)
@@ -64,8 +68,8 @@ SHARED: list[tuple[str, object, type[Exception], str]] = [
 DATASET_ONLY: list[tuple[dict[str, object], type[Exception], str]] = [
     ({"backend": "curio"}, ValueError, "backend"),
     ({"backend": "Trio"}, ValueError, "backend"),
-    ({"backend": None}, ValueError, "backend"),
-    ({"backend": 3}, ValueError, "backend"),
+    ({"backend": None}, TypeError, "backend"),
+    ({"backend": 3}, TypeError, "backend"),
     ({"rank": 1}, ValueError, "world_size"),
     ({"world_size": 2}, ValueError, "rank"),
     ({"rank": 2, "world_size": 2}, ValueError, "rank"),

@@ -36,8 +36,11 @@ def check_backend(backend: object) -> str:
     """Return ``backend`` if it names a supported AnyIO backend.
 
     Raises:
+        TypeError: if ``backend`` is not a string.
         ValueError: naming the bad value and the valid choices.
     """
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return str(backend)
@@ -120,6 +123,8 @@ class LoaderOptions(TypedDict, total=False):
     even: bool
     retries: int
     timeout: float | None
+    backoff: float
+    max_backoff: float
     retry_if: Callable[[BaseException], bool] | None
 
 
@@ -164,6 +169,8 @@ class LoaderConfig:
         even: bool = False,
         retries: int = 3,
         timeout: float | None = None,
+        backoff: float = 0.05,
+        max_backoff: float = 2.0,
         retry_if: Callable[[BaseException], bool] | None = None,
         batch_size: int | None = None,
     ) -> LoaderConfig:
@@ -186,7 +193,9 @@ class LoaderConfig:
             transform=transform,
             return_index=return_index,
             even=_bool("even", even),
-            retry=RetryPolicy(retries=retries, timeout=timeout),
+            retry=RetryPolicy(
+                retries=retries, timeout=timeout, backoff=backoff, max_backoff=max_backoff
+            ),
             retry_if=retry_if,
             batch_size=None if batch_size is None else positive_int("batch_size", batch_size),
         )

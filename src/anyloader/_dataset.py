@@ -99,6 +99,8 @@ class AsyncDataset(IterableDataset[Any]):
         even: bool = False,
         retries: int = 3,
         timeout: float | None = None,
+        backoff: float = 0.05,
+        max_backoff: float = 2.0,
         retry_if: Callable[[BaseException], bool] | None = None,
         batch_size: int | None = None,
     ) -> None:
@@ -119,6 +121,8 @@ class AsyncDataset(IterableDataset[Any]):
             even=even,
             retries=retries,
             timeout=timeout,
+            backoff=backoff,
+            max_backoff=max_backoff,
             retry_if=retry_if,
             batch_size=batch_size,
         )
