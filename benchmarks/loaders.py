@@ -3,7 +3,8 @@
 A :class:`LoaderSpec` names one configuration; :func:`batches` runs it over an
 open deeplake dataset. Every loader yields batches of ``batch_size`` samples
 through ``torch.utils.data.DataLoader`` (default collate, ``shuffle=False``)
-except the ceiling, which has no loader and yields rows as fetched.
+except the ceiling, which has no loader and yields rows as fetched, and
+anyloader's batch mode, which builds its batches itself.
 Closing the generator closes the DataLoader iterator, which joins its workers,
 so their CPU time is counted by the run that spawned them.
 """
@@ -38,6 +39,7 @@ class LoaderSpec:
     backend: str = ""
     fetch_size: int = 0
     inflight: int = 0
+    batched: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,9 +53,14 @@ def default_specs(
     pytorch_workers: Iterable[int] = (0, 2, 4),
     anyloader_workers: Iterable[int] = (0, 2),
     backends: Iterable[str] = ("asyncio", "trio"),
-    ceiling: Iterable[tuple[int, int]] = ((1, 64), (4, 16), (8, 8)),
+    ceiling: Iterable[tuple[int, int]] = ((1, 64), (8, 8)),
+    batched: bool = True,
 ) -> list[LoaderSpec]:
-    """The issue-3 line-up; ``ceiling`` lists ``(fetch_size, inflight)`` settings."""
+    """The issue-3 line-up; ``ceiling`` lists ``(fetch_size, inflight)`` settings.
+
+    With ``batched``, anyloader also runs in its batch mode
+    (``AsyncDataset(batch_size=32)`` under ``DataLoader(batch_size=None)``).
+    """
     specs = [
         LoaderSpec("sequential", "sequential"),
         LoaderSpec("documented-async", "documented-async"),
@@ -66,15 +73,24 @@ def default_specs(
         for b in backends
         for w in anyloader_workers
     ]
+    if batched:
+        specs += [
+            LoaderSpec(
+                f"anyloader-batched-{b}-w{w}", "anyloader", workers=w, backend=b, batched=True
+            )
+            for b in backends
+            for w in anyloader_workers
+        ]
     specs += [
         LoaderSpec(f"ceiling-f{f}x{n}", "ceiling", fetch_size=f, inflight=n) for f, n in ceiling
     ]
     return specs
 
 
-def _collated(dataset: Any, batch_size: int, workers: int) -> Iterator[int]:
+def _collated(dataset: Any, batch_size: int | None, workers: int) -> Iterator[int]:
     from torch.utils.data import DataLoader
 
+    # batch_size=None: the dataset yields whole batches itself (anyloader's batch mode).
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
     iterator = iter(loader)
     try:
@@ -107,7 +123,11 @@ def batches(spec: LoaderSpec, ds: Any, batch_size: int) -> Iterator[int]:
     if spec.family == "anyloader":
         import anyloader
 
-        dataset = anyloader.AsyncDataset(anyloader.DeeplakeSource(ds), backend=spec.backend)
+        source = anyloader.DeeplakeSource(ds)
+        if spec.batched:
+            batched = anyloader.AsyncDataset(source, backend=spec.backend, batch_size=batch_size)
+            return _collated(batched, None, spec.workers)
+        dataset = anyloader.AsyncDataset(source, backend=spec.backend)
         return _collated(dataset, batch_size, spec.workers)
     if spec.family == "ceiling":
         from .ceiling import ceiling_rows

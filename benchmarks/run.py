@@ -32,7 +32,7 @@ from tqdm import tqdm
 from . import datasets, report, s3_server
 from .loaders import LoaderSpec, default_specs
 from .machine import describe
-from .runner import PACKAGE_ROOT, _child_env, run_in_subprocess
+from .runner import PACKAGE_ROOT, child_env, run_in_subprocess
 
 __all__ = ["main", "select_specs"]
 
@@ -128,7 +128,7 @@ def run_micro(rows: int, repeats: int) -> list[dict[str, Any]]:
         return []
     cmd = [sys.executable, "-m", "benchmarks.micro", f"--rows={rows}", f"--repeats={repeats}"]
     done = subprocess.run(
-        cmd, capture_output=True, text=True, env=_child_env(), cwd=PACKAGE_ROOT, check=True
+        cmd, capture_output=True, text=True, env=child_env(), cwd=PACKAGE_ROOT, check=True
     )
     return list(json.loads(done.stdout.strip().splitlines()[-1]))
 

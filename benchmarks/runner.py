@@ -18,13 +18,13 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["DONE_MARKER", "run_in_subprocess"]
+__all__ = ["DONE_MARKER", "child_env", "run_in_subprocess"]
 
 DONE_MARKER = "anyloader-bench: result written"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     # The worker imports ``benchmarks`` from this checkout whatever the cwd.
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
@@ -48,7 +48,9 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def _exit_kind(returncode: int, hung: bool) -> str:
+def _exit_kind(returncode: int, hung: bool, timed_out: bool) -> str:
+    if timed_out:
+        return "timed out (killed)"
     if hung:
         return "hung at exit (killed)"
     if returncode == 0:
@@ -79,7 +81,7 @@ def run_in_subprocess(
             cmd,
             stdout=subprocess.PIPE,
             stderr=log,
-            env=_child_env(),
+            env=child_env(),
             cwd=PACKAGE_ROOT,
             start_new_session=True,
         )
@@ -87,10 +89,11 @@ def run_in_subprocess(
         assert proc.stdout is not None
         pump = threading.Thread(target=_pump, args=(proc.stdout, log, done, news), daemon=True)
         pump.start()
-        hung = False
+        hung = timed_out = False
         try:
             # Wake on the result line or on the end of output (the worker died first).
             if not news.wait(timeout_s):
+                timed_out = True
                 _kill_group(proc)
             try:
                 proc.wait(timeout=exit_grace_s)
@@ -108,6 +111,6 @@ def run_in_subprocess(
     else:
         tail = log_path.read_text(errors="replace").splitlines()[-15:]
         result.update(ok=False, error="\n".join(tail) or "no output")
-    result["exit"] = _exit_kind(proc.returncode, hung)
-    result["clean_exit"] = proc.returncode == 0 and not hung
+    result["exit"] = _exit_kind(proc.returncode, hung, timed_out)
+    result["clean_exit"] = proc.returncode == 0 and not (hung or timed_out)
     return result

@@ -38,6 +38,7 @@ import contextlib
 import errno
 import os
 import random
+import signal
 import socket
 import struct
 import subprocess
@@ -165,6 +166,9 @@ def _main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    # Ctrl-C reaches the whole foreground process group; the parent's
+    # ``serve()`` stops us in order, so a traceback here would only be noise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     import logging
 

@@ -31,6 +31,7 @@ LOADERS = [
     "deeplake-pytorch-w0",
     "anyloader-asyncio-w0",
     "anyloader-trio-w2",
+    "anyloader-batched-asyncio-w0",
     "ceiling",
 ]
 STORES = ["local", "s3"]
