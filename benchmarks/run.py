@@ -93,7 +93,7 @@ def select_specs(quick: bool, names: str | None) -> list[LoaderSpec]:
     Raises:
         ValueError: a name matches no loader name or family.
     """
-    specs = default_specs(pytorch_workers=(0, 2), ceiling=((4, 16),)) if quick else default_specs()
+    specs = default_specs(pytorch_workers=(0, 2), ceiling=((1, 64),)) if quick else default_specs()
     if not names:
         return specs
     wanted = [n.strip() for n in names.split(",") if n.strip()]
@@ -200,4 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        # Every ``finally`` on the way out has already stopped the S3 server
+        # and killed the running worker's process group.
+        print("\ninterrupted: S3 server and workers stopped", file=sys.stderr)
+        sys.exit(130)

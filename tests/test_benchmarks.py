@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -143,6 +144,34 @@ def test_markdown_table_and_png_are_written(quick_run: dict[str, Any]) -> None:
     png = (out / "results.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(png) > 10_000
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_harness_and_everything_it_started(tmp_path: Path) -> None:
+    token = uuid.uuid4().hex
+    cmd = [sys.executable, "-m", "benchmarks.run", "--rows=64", "--size=64", "--repeats=1"]
+    cmd += ["--loaders=sequential,anyloader-trio-w2", f"--out={tmp_path}", "--micro-rows=0"]
+    cmd += [f"--cache-dir={tmp_path / 'cache'}"]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, TOKEN_VAR: token},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        # A terminal's Ctrl-C needs SIGINT not ignored, whatever started pytest.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.stderr is not None
+    seen = b""
+    while b"run/s" not in seen:  # the progress bar is up: runs have started
+        chunk = os.read(proc.stderr.fileno(), 4096)
+        assert chunk, seen.decode(errors="replace")[-2000:]
+        seen += chunk
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does to the foreground group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 130), err.decode(errors="replace")[-2000:]
+    assert _processes_with_token(token) == []
 
 
 def test_serve_answers_on_loopback_and_stops() -> None:
