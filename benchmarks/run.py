@@ -144,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     started = time.time()
+    # Described now, not at the end: the engine being measured is the one at start.
+    machine = describe()
 
     print(
         f"dataset: {args.rows} rows of {args.size}x{args.size} (cache: {args.cache_dir})",
@@ -187,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "loaders": [s.name for s in specs],
         "wall_s": round(time.time() - started, 1),
     }
-    document = {"settings": settings, "machine": describe(), "runs": runs, "micro": micro}
+    document = {"settings": settings, "machine": machine, "runs": runs, "micro": micro}
     markdown = report.write_all(out, document)
     print(markdown)
     failed = [r for r in runs if not r.get("ok")]
