@@ -54,8 +54,6 @@ def _processes_with_token(token: str) -> list[psutil.Process]:
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One ``--quick`` harness run on a 64-row, 64 px dataset, as a user would start it."""
-    # The harness needs the ``bench`` extra; the ``test`` extra may lack it.
-    pytest.importorskip("matplotlib")
     out = tmp_path_factory.mktemp("bench")
     token = uuid.uuid4().hex
     cmd = [sys.executable, "-m", "benchmarks.run", "--quick", "--rows=64", "--size=64"]
