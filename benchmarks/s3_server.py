@@ -242,17 +242,22 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def create_bucket(endpoint_url: str, name: str) -> None:
-    """Create bucket ``name`` on the server at ``endpoint_url`` (no error if it exists)."""
+def _client(endpoint_url: str) -> Any:
+    """A boto3 S3 client for the server at ``endpoint_url`` with the test credentials."""
     import boto3
 
-    client = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=endpoint_url,
         aws_access_key_id=CREDS["aws_access_key_id"],
         aws_secret_access_key=CREDS["aws_secret_access_key"],
         region_name=CREDS["aws_region"],
     )
+
+
+def create_bucket(endpoint_url: str, name: str) -> None:
+    """Create bucket ``name`` on the server at ``endpoint_url`` (no error if it exists)."""
+    client = _client(endpoint_url)
     with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(Bucket=name)
 
@@ -263,15 +268,7 @@ def upload_tree(endpoint_url: str, bucket: str, prefix: str, root: str) -> int:
     Returns the number of files copied. Used to put a cached local deeplake
     dataset on the store without re-encoding it.
     """
-    import boto3
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint_url,
-        aws_access_key_id=CREDS["aws_access_key_id"],
-        aws_secret_access_key=CREDS["aws_secret_access_key"],
-        region_name=CREDS["aws_region"],
-    )
+    client = _client(endpoint_url)
     count = 0
     for dirpath, _dirs, files in os.walk(root):
         for name in files:

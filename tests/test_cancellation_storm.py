@@ -216,7 +216,8 @@ async def test_cancelling_the_scope_mid_fetch_leaks_nothing(
                         await anyio.lowlevel.checkpoint()
         assert scope.cancelled_caught
         assert tracking.pending() == []
-    assert any(f.cancelled for f in tracking.futures)  # some were in flight when cut
+    # Whether a future is still in flight at the cut depends on timing; that a
+    # pending one is cancelled is proven deterministically in test_bridge.py.
     assert all(p.pending == 0 for p in pollers)
 
 

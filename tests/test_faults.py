@@ -153,7 +153,7 @@ async def test_pickled_copy_keeps_settings_and_fetches(pairs_url: str) -> None:
     assert (copy.seed, copy.transient_rate, copy.fail_after) == (5, 0.5, 99)
     assert len(copy) == 97
     assert copy.columns == faulty.columns
-    config = fast_config(copy)
+    config = fast_config(copy, fetch_size=4)
     samples = await drain(config)
     assert [read_row_id(s["images"]) for s in samples] == list(range(97))
     assert copy.stats.transient > 0
@@ -280,7 +280,9 @@ def test_delay_is_within_full_jitter_bounds(
 
 async def test_retries_run_out_with_the_original_error_naming_rows() -> None:
     faulty = FaultySource(rows_source(40), transient_rate=1.0)
-    config = fast_config(faulty, retry=RetryPolicy(retries=2, backoff=0.0), concurrency=1)
+    config = fast_config(
+        faulty, retry=RetryPolicy(retries=2, backoff=0.0), concurrency=1, fetch_size=4
+    )
     with pytest.raises(ConnectionError, match="injected transient") as info:
         await drain(config)
     note = "\n".join(info.value.__notes__)
@@ -317,7 +319,7 @@ async def test_timeout_cuts_a_straggler_and_the_retry_succeeds() -> None:
         and FaultySource(rows_source(1), seed=s, hang_rate=0.5).fate([0, 1, 2, 3], 1) == "ok"
     )
     faulty = FaultySource(rows_source(4), seed=seed, hang_rate=0.5, hang_seconds=math.inf)
-    config = fast_config(faulty, retry=dataclasses.replace(FAST, timeout=0.05))
+    config = fast_config(faulty, retry=dataclasses.replace(FAST, timeout=0.05), fetch_size=4)
     with anyio.fail_after(10):
         samples = await drain(config)
     assert [int(s["row"]) for s in samples] == [0, 1, 2, 3]
@@ -327,7 +329,9 @@ async def test_timeout_cuts_a_straggler_and_the_retry_succeeds() -> None:
 
 async def test_every_attempt_timing_out_raises_timeout_error_naming_rows() -> None:
     faulty = FaultySource(rows_source(4), hang_rate=1.0, hang_seconds=math.inf)
-    config = fast_config(faulty, retry=RetryPolicy(retries=1, timeout=0.02, backoff=0.0))
+    config = fast_config(
+        faulty, retry=RetryPolicy(retries=1, timeout=0.02, backoff=0.0), fetch_size=4
+    )
     with anyio.fail_after(10), pytest.raises(TimeoutError) as info:
         await drain(config)
     note = "\n".join(info.value.__notes__)
