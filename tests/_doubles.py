@@ -122,3 +122,14 @@ class FakeFuture:
 
     def cancel(self) -> None:
         self.cancelled = True
+
+
+class JitterSource(_OverRows):
+    """A ``rows_source`` whose fetches take 0-3 ms, varying by row: they complete out of order."""
+
+    def __init__(self, n: int) -> None:
+        self._inner = rows_source(n)
+
+    async def fetch(self, indices: Sequence[int], columns: Sequence[str]) -> Columns:
+        await anyio.sleep((int(indices[0]) * 7919 % 4) / 1000)  # sync-ok: latency, not a wait
+        return await self._inner.fetch(indices, columns)

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from anyloader import AsyncDataset
 from anyloader._batching import BatchBuilder
-from anyloader._samples import Chunk
+from anyloader._chunk import Chunk
 from anyloader._synthetic import read_row_id
 
 
@@ -24,7 +24,7 @@ def chunk(rows: list[int]) -> Chunk:
     image = np.repeat(idx[:, None], 3, axis=1).astype(np.uint8)
     image.setflags(write=False)  # as deeplake hands them out
     ragged = [np.arange(r % 3 + 1) for r in rows]
-    return Chunk(idx, {"image": image, "ragged": ragged, "text": [f"row {r}" for r in rows]})
+    return Chunk(idx, idx, {"image": image, "ragged": ragged, "text": [f"row {r}" for r in rows]})
 
 
 @settings(max_examples=200, deadline=None)
@@ -54,8 +54,8 @@ def test_batches_cut_the_stream_in_order(sizes: list[int], batch_size: int) -> N
 
 def test_batches_in_a_worker_are_allocated_in_shared_memory() -> None:
     builder = BatchBuilder(4, return_index=False, shared=True)
-    ((batch, rows),) = builder.add(chunk([0, 1, 2, 3]))
-    assert rows == 4
+    ((batch, positions),) = builder.add(chunk([0, 1, 2, 3]))
+    assert positions.tolist() == [0, 1, 2, 3]
     assert batch["image"].is_shared()
     batch["image"] += 1  # writable: never a view of the fetched, read-only arrays
 

@@ -49,21 +49,67 @@ async def test_cancelled_waiter_cancels_its_future() -> None:
         assert poller.pending == 0
 
 
-async def expect_shutdown(future: FakeFuture) -> None:
-    with pytest.raises(anyio.BrokenResourceError):
-        await wait_future(future)
+async def test_waits_that_outlive_the_poller_still_complete() -> None:
+    """Tasks started inside the block may wait longer than it: they go on polling alone."""
+    waiting = [FakeFuture() for _ in range(3)]
+    later = FakeFuture()
+    got: list[object] = []
+
+    async def wait_for(future: FakeFuture) -> None:
+        got.append(await wait_future(future))
+
+    async def wait_after(block_done: anyio.Event) -> None:
+        await block_done.wait()
+        got.append(await wait_future(later))  # the poller's block has exited by now
+
+    block_done = anyio.Event()
+    with anyio.fail_after(10):  # a guard against the hang this test is about
+        async with anyio.create_task_group() as outer:
+            async with open_future_poller() as poller:
+                for f in waiting:
+                    outer.start_soon(wait_for, f)
+                outer.start_soon(wait_after, block_done)
+                await anyio.wait_all_tasks_blocked()
+                assert poller.pending == 3
+            block_done.set()
+            await anyio.wait_all_tasks_blocked()
+            for n, f in enumerate([*waiting, later]):
+                f.set_result(n)
+    assert sorted(got) == [0, 1, 2, 3]
+    assert not any(f.cancelled for f in [*waiting, later])
 
 
-async def test_leaving_the_poller_cancels_what_is_pending() -> None:
-    futures = [FakeFuture() for _ in range(5)]
-    async with anyio.create_task_group() as outer, open_future_poller() as poller:
-        for f in futures:
-            outer.start_soon(expect_shutdown, f)
-        await anyio.wait_all_tasks_blocked()
-        assert poller.pending == 5
-    # Leaving the poller woke every waiter with an error instead of result(),
-    # which for a cancelled deeplake future would never return.
-    assert all(f.cancelled for f in futures)
+async def test_two_waiters_on_one_future_both_wake() -> None:
+    future = FakeFuture()
+    got: list[object] = []
+
+    async def waiter() -> None:
+        got.append(await wait_future(future))
+
+    with anyio.fail_after(10):
+        async with open_future_poller() as poller, anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            tg.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+            assert poller.pending == 2
+            future.set_result("x")
+    assert got == ["x", "x"]
+
+
+async def test_a_cancelled_waiter_leaves_a_shared_future_to_the_other() -> None:
+    future = FakeFuture()
+    got: list[object] = []
+    async with open_future_poller(), anyio.create_task_group() as tg:
+
+        async def waiter() -> None:
+            got.append(await wait_future(future))
+
+        tg.start_soon(waiter)
+        with anyio.move_on_after(0.01):
+            await wait_future(future)
+        assert not future.cancelled  # the other waiter still wants it
+        future.set_result(7)
+    assert got == [7]
 
 
 async def test_wait_future_works_without_a_poller() -> None:

@@ -22,10 +22,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
-from anyloader import AsyncDataset, DeeplakeSource, FaultySource, MemorySource, RetryPolicy
+from anyloader import (
+    AsyncDataset,
+    DeeplakeSource,
+    FaultySource,
+    MemorySource,
+    Options,
+    RetryPolicy,
+    open_stream,
+)
 from anyloader._config import LoaderConfig
 from anyloader._faults import FaultStats, PermanentFault
-from anyloader._pipeline import open_chunks
 from anyloader._plan import Shard, plan_epoch
 from anyloader._retry import retrying
 from anyloader._source import Columns
@@ -42,13 +49,26 @@ def rows_source(n: int) -> MemorySource:
     return MemorySource({"row": idx, "image": np.repeat(idx[:, None], 4, axis=1)})
 
 
-def fast_config(source: object, retry: RetryPolicy = FAST, **options: Any) -> LoaderConfig:
-    """``LoaderConfig.build`` with a retry policy of our choosing (build fixes the back-off)."""
-    return dataclasses.replace(LoaderConfig.build(source, **options), retry=retry)
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A source and the ``open_stream`` options to read it with."""
+
+    source: object
+    options: dict[str, Any]
+
+    @property
+    def budget(self) -> int:
+        return LoaderConfig.build(self.source, Options.validate(**self.options)).budget
 
 
-async def drain(config: LoaderConfig, *, epoch: int = 0) -> list[dict[str, Any]]:
-    async with open_chunks(config, Shard(), epoch=epoch) as stream:
+def fast_config(source: object, retry: RetryPolicy = FAST, **options: Any) -> Run:
+    """Options with a retry policy of our choosing."""
+    policy = dataclasses.asdict(retry)
+    return Run(source, {**policy, **options})
+
+
+async def drain(run: Run, *, epoch: int = 0) -> list[dict[str, Any]]:
+    async with open_stream(run.source, epoch=epoch, **run.options) as stream:
         return [sample async for sample in stream]
 
 
@@ -379,8 +399,9 @@ class GateSource:
 
 async def test_unordered_yields_other_rows_while_one_straggles() -> None:
     source = GateSource(40, slow_row=0)
-    config = LoaderConfig.build(source, ordered=False, concurrency=4, fetch_size=1, prefetch=8)
-    async with open_chunks(config) as stream:
+    async with open_stream(
+        source, ordered=False, concurrency=4, fetch_size=1, prefetch=8
+    ) as stream:
         got = []
         with anyio.fail_after(10):  # a guard, not a synchronisation
             await source.straggling.wait()
@@ -396,9 +417,9 @@ async def test_unordered_yields_other_rows_while_one_straggles() -> None:
 
 async def test_ordered_waits_for_the_straggler_within_a_bounded_window() -> None:
     source = GateSource(40, slow_row=0)
-    config = LoaderConfig.build(source, ordered=True, concurrency=2, fetch_size=1, prefetch=4)
+    run = Run(source, {"ordered": True, "concurrency": 2, "fetch_size": 1, "prefetch": 4})
     got: list[int] = []
-    async with open_chunks(config) as stream:
+    async with open_stream(source, **run.options) as stream:
 
         async def consume() -> None:
             async for sample in stream:
@@ -411,7 +432,7 @@ async def test_ordered_waits_for_the_straggler_within_a_bounded_window() -> None
             await anyio.wait_all_tasks_blocked()
             # Nothing overtook row 0, and the engine stopped fetching at its row budget.
             assert got == []
-            assert source.calls == config.budget
+            assert source.calls == run.budget
             source.release.set()
     assert got == list(range(40))
 

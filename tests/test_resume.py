@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _doubles import rows_source
+from _doubles import JitterSource, rows_source
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from anyloader import AsyncDataset
+from anyloader import AsyncDataset, StateError
 
 
 def rows_of(batches: list[Any]) -> list[int]:
@@ -29,89 +29,136 @@ def make(source: Any, **kwargs: Any) -> AsyncDataset:
     return AsyncDataset(source, columns=["row"], shuffle=True, seed=11, fetch_size=3, **kwargs)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
-    rows=st.integers(0, 120),
+    rows=st.integers(0, 90),
     num_workers=st.integers(0, 2),
     world_size=st.integers(1, 2),
     batch_size=st.integers(1, 9),
     epoch=st.integers(0, 5),
     stop=st.integers(0, 30),
+    ordered=st.booleans(),
     backend=st.sampled_from(["asyncio", "trio"]),
 )
-def test_resume_yields_exactly_the_rest_in_the_same_order(
+def test_resume_yields_exactly_the_rest_then_the_next_epoch(
     rows: int,
     num_workers: int,
     world_size: int,
     batch_size: int,
     epoch: int,
     stop: int,
+    ordered: bool,
     backend: str,
 ) -> None:
-    source = rows_source(rows)
+    source = JitterSource(rows)  # completes out of order: ordered=False really is unordered
     for rank in range(world_size):
-        shard = {"rank": rank, "world_size": world_size, "backend": backend}
+        options = {"rank": rank, "world_size": world_size, "backend": backend, "ordered": ordered}
 
         def loader(ds: AsyncDataset) -> StatefulDataLoader:
             return StatefulDataLoader(ds, batch_size=batch_size, num_workers=num_workers)
 
-        full_ds = make(source, **shard)
-        full_ds.set_epoch(epoch)
-        full_batches = list(loader(full_ds))
+        # One dataset across epochs, as in training: the reference epochs, then the cut.
+        ds = make(source, **options)
+        ds.set_epoch(epoch)
+        full_batches = list(loader(ds))
         full = rows_of(full_batches)
+        ds.set_epoch(epoch + 1)
+        following = rows_of(list(loader(ds)))
         # A checkpoint after StopIteration means "epoch over" to StatefulDataLoader
         # (the next iteration starts afresh), so stop at the last batch at most.
         stop = min(stop, len(full_batches))
-
-        first_ds = make(source, **shard)
-        first_ds.set_epoch(epoch)
-        first_loader = loader(first_ds)
+        ds.set_epoch(epoch)
+        first_loader = loader(ds)
         it = iter(first_loader)
         before = [batch for _, batch in zip(range(stop), it, strict=False)]
-        state = first_loader.state_dict()
+        state = json.loads(json.dumps(first_loader.state_dict()))  # survives JSON
         del it, first_loader
 
-        resumed_ds = make(source, **shard)
+        resumed_ds = make(source, **options)  # a new process: no set_epoch, only the state
         resumed_loader = loader(resumed_ds)
         resumed_loader.load_state_dict(state)
         after = rows_of(list(resumed_loader))
+        if ordered:
+            assert rows_of(before) + after == full
+        else:
+            assert sorted(rows_of(before) + after) == sorted(full)
+        # The epoch after the resumed one follows by itself (no set_epoch).
+        next_epoch = rows_of(list(resumed_loader))
+        assert next_epoch == following if ordered else sorted(next_epoch) == sorted(following)
 
-        assert rows_of(before) + after == full
 
-
-def test_plain_dataloader_resumes_in_the_main_process(backend: str) -> None:
-    ds = make(rows_source(50), backend=backend)
+@pytest.mark.parametrize("ordered", [True, False])
+def test_plain_dataloader_resumes_in_the_main_process(backend: str, ordered: bool) -> None:
+    ds = make(JitterSource(50), backend=backend, ordered=ordered, concurrency=16)
     ds.set_epoch(2)
     full = [s["row"] for s in ds]
+    ds.set_epoch(2)
     it = iter(ds)
     before = [next(it)["row"] for _ in range(17)]
     state = ds.state_dict()
     it.close()
-    assert state == {"seed": 11, "epoch": 2, "position": 17}
-    again = make(rows_source(50), backend=backend)
-    again.load_state_dict(json.loads(json.dumps(state)))  # survives a JSON round trip
-    assert before + [s["row"] for s in again] == full
-    # The resume point is used once: the next iteration is a whole epoch again.
-    assert [s["row"] for s in again] == full
+    assert state["epoch"] == 2
+    assert state["position"] + len(state["delivered"]) == 17
+    again = make(JitterSource(50), backend=backend, ordered=ordered, concurrency=16)
+    again.load_state_dict(json.loads(json.dumps(state)))
+    after = [s["row"] for s in again]
+    if ordered:
+        assert before + after == full
+    else:
+        assert sorted(before + after) == list(range(50))
+        assert not set(before) & set(after)
+    # The resume point is used once: the next iteration is the next whole epoch.
+    assert again.epoch == 3
+    assert sorted(s["row"] for s in again) == list(range(50))
 
 
 def test_a_new_epoch_drops_the_resume_point() -> None:
     ds = make(rows_source(20))
-    ds.load_state_dict({"seed": 11, "epoch": 1, "position": 15})
-    ds.set_epoch(2)
-    assert len(list(ds)) == 20
+    it = iter(ds)
+    for _ in range(15):
+        next(it)
+    state = ds.state_dict()
+    it.close()
+    resumed = make(rows_source(20))
+    resumed.load_state_dict(state)
+    resumed.set_epoch(1)
+    assert len(list(resumed)) == 20
+
+
+def saved(**changes: Any) -> dict[str, Any]:
+    ds = make(rows_source(5))
+    it = iter(ds)
+    next(it)
+    state = ds.state_dict()
+    it.close()
+    for key, value in changes.items():
+        if key in state["dataset"]:
+            state["dataset"][key] = value
+        elif value is None:
+            del state[key]
+        else:
+            state[key] = value
+    return state
 
 
 @pytest.mark.parametrize(
     ("state", "error", "match"),
     [
-        ({"seed": 12, "epoch": 0, "position": 0}, ValueError, "seed=12"),
-        ({"seed": 11, "epoch": 0}, ValueError, "position"),
-        ({"seed": 11, "epoch": -1, "position": 0}, ValueError, "epoch"),
-        ({"seed": 11, "epoch": 0, "position": "3"}, TypeError, "position"),
+        (saved(seed=12), StateError, "seed=12"),
+        (saved(num_rows=6), StateError, "num_rows=6"),
+        (saved(shuffle=False), StateError, "shuffle=False"),
+        (saved(even=True), StateError, "even=True"),
+        (saved(position=None), StateError, "position"),
+        (saved(version=1), StateError, "version"),
+        (saved(epoch=-1), ValueError, "epoch"),
+        (saved(position="3"), TypeError, "position"),
+        (saved(delivered=[0]), StateError, "overlap"),
+        ([1, 2], TypeError, "state_dict"),
     ],
 )
-def test_bad_state_is_rejected(state: dict[str, Any], error: type[Exception], match: str) -> None:
+def test_a_state_that_cannot_be_honoured_is_rejected(
+    state: Any, error: type[Exception], match: str
+) -> None:
     with pytest.raises(error, match=match):
         make(rows_source(5)).load_state_dict(state)
 

@@ -1,18 +1,20 @@
 """anyloader: stream Deep Lake datasets into PyTorch with structured concurrency."""
 
 from ._bridge import wait_future as wait_future
-from ._config import BACKENDS as BACKENDS
 from ._dataset import AsyncDataset as AsyncDataset
 from ._deeplake_source import DeeplakeSource as DeeplakeSource
 from ._faults import FaultySource as FaultySource
-from ._pipeline import SampleStream as SampleStream
-from ._pipeline import open_stream as open_stream
+from ._options import BACKENDS as BACKENDS
+from ._options import Options as Options
 from ._plan import Shard as Shard
 from ._plan import plan_epoch as plan_epoch
 from ._plan import shard_rows as shard_rows
 from ._retry import RetryPolicy as RetryPolicy
 from ._source import MemorySource as MemorySource
 from ._source import Source as Source
+from ._state import StateError as StateError
+from ._stream import SampleStream as SampleStream
+from ._stream import open_stream as open_stream
 
 __version__ = "0.1.0"
 
@@ -22,10 +24,12 @@ __all__ = [
     "DeeplakeSource",
     "FaultySource",
     "MemorySource",
+    "Options",
     "RetryPolicy",
     "SampleStream",
     "Shard",
     "Source",
+    "StateError",
     "open_stream",
     "plan_epoch",
     "shard_rows",

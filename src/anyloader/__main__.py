@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._config import BACKENDS
+from ._options import BACKENDS
 
 __all__ = ["main"]
 

@@ -17,7 +17,7 @@ import torch
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
-    from ._samples import Chunk
+    from ._chunk import Chunk
 
 __all__ = ["BatchBuilder"]
 
@@ -42,26 +42,36 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Te
     return proto.new(storage).resize_(shape)
 
 
-def _stack(parts: Sequence[Any], rows: int, shared: bool) -> Any:
-    """One column of a batch: a tensor when the parts stack, else a list of writable rows."""
+def _form(parts: Sequence[Any]) -> tuple[np.dtype[Any], tuple[int, ...]] | None:
+    """A column's form in a batch: ``(dtype, row shape)`` if its rows stack, else None (a list)."""
     first = parts[0]
-    if (
-        all(
-            isinstance(p, np.ndarray)
-            and p.ndim >= 1
-            and p.dtype == first.dtype
-            and p.shape[1:] == first.shape[1:]
-            for p in parts
-        )
-        and first.dtype.kind in _NUMERIC
-    ):
-        out = _empty((rows, *first.shape[1:]), _torch_dtype(first.dtype), shared)
-        view = out.numpy()
-        at = 0
-        for part in parts:
-            view[at : at + len(part)] = part
-            at += len(part)
-        return out
+    if not (isinstance(first, np.ndarray) and first.ndim >= 1 and first.dtype.kind in _NUMERIC):
+        return None
+    for p in parts:
+        if not (isinstance(p, np.ndarray) and p.ndim >= 1):
+            return None
+        if p.dtype != first.dtype or p.shape[1:] != first.shape[1:]:
+            return None
+    return first.dtype, first.shape[1:]
+
+
+def _as_tensor(
+    parts: Sequence[np.ndarray],
+    rows: int,
+    form: tuple[np.dtype[Any], tuple[int, ...]],
+    shared: bool,
+) -> torch.Tensor:
+    dtype, row_shape = form
+    out = _empty((rows, *row_shape), _torch_dtype(dtype), shared)
+    view = out.numpy()
+    at = 0
+    for part in parts:
+        view[at : at + len(part)] = part
+        at += len(part)
+    return out
+
+
+def _as_list(parts: Sequence[Any]) -> list[Any]:
     values: list[Any] = []
     for part in parts:
         for v in part:
@@ -77,6 +87,14 @@ class BatchBuilder:
     tensor, ``{column: list}`` for the rest (ragged shapes, text), plus
     ``"index": int64 tensor`` with ``return_index``. Every batch has
     ``batch_size`` rows except the last one of the stream.
+
+    Guarantee: a column's form never changes within a stream. The first batch
+    decides it; a later batch whose rows do not fit it (another dtype, another
+    shape, ragged rows where a tensor was decided) raises instead of silently
+    turning a tensor column into a list.
+
+    Raises:
+        TypeError: from :meth:`add`/:meth:`finish`, naming the column that changed form.
     """
 
     def __init__(self, batch_size: int, *, return_index: bool, shared: bool) -> None:
@@ -86,21 +104,37 @@ class BatchBuilder:
         self._chunks: list[Chunk] = []
         self._offset = 0  # rows of _chunks[0] already in earlier batches
         self._rows = 0  # rows held, not yet in a batch
+        self._forms: dict[str, tuple[np.dtype[Any], tuple[int, ...]] | None] = {}
 
-    def add(self, chunk: Chunk) -> Iterator[tuple[dict[str, Any], int]]:
-        """Take ``chunk``; yield every batch it completes, with its row count."""
+    def add(self, chunk: Chunk) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+        """Take ``chunk``; yield every batch it completes, with the positions of its rows."""
         self._chunks.append(chunk)
         self._rows += len(chunk)
         while self._rows >= self.batch_size:
-            yield self._take(self.batch_size), self.batch_size
+            yield self._take(self.batch_size)
 
-    def finish(self) -> Iterator[tuple[dict[str, Any], int]]:
+    def finish(self) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
         """Yield the last, partial batch if rows are left."""
         if self._rows:
-            rows = self._rows
-            yield self._take(rows), rows
+            yield self._take(self._rows)
 
-    def _take(self, rows: int) -> dict[str, Any]:
+    def _column(self, name: str, parts: Sequence[Any], rows: int) -> Any:
+        form = _form(parts)
+        if name not in self._forms:
+            self._forms[name] = form
+        decided = self._forms[name]
+        if decided is None:
+            return _as_list(parts)
+        if form != decided:
+            got = "rows that do not stack" if form is None else f"{form[0]} rows of shape {form[1]}"
+            raise TypeError(
+                f"batch mode: column {name!r} began as a tensor of {decided[0]} rows of shape "
+                f"{decided[1]}, and a later batch has {got}. Give the column one dtype and "
+                "shape (a transform in per-sample mode can resize), or use per-sample mode."
+            )
+        return _as_tensor(parts, rows, decided, self.shared)
+
+    def _take(self, rows: int) -> tuple[dict[str, Any], np.ndarray]:
         pieces: list[tuple[Chunk, int, int]] = []
         need = rows
         while need:
@@ -115,11 +149,11 @@ class BatchBuilder:
                 self._offset = stop
         self._rows -= rows
         batch = {
-            name: _stack([c.values[name][a:b] for c, a, b in pieces], rows, self.shared)
+            name: self._column(name, [c.values[name][a:b] for c, a, b in pieces], rows)
             for name in pieces[0][0].values
         }
         if self.return_index:
             batch["index"] = torch.from_numpy(
                 np.concatenate([c.indices[a:b] for c, a, b in pieces])
             )
-        return batch
+        return batch, np.concatenate([c.positions[a:b] for c, a, b in pieces])

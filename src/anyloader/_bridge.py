@@ -41,41 +41,46 @@ class FuturePoller:
     """Wakes tasks waiting on pollable futures; run :meth:`run` in a task group.
 
     Guarantee: :meth:`wait` returns the future's result or raises its exception;
-    if the waiting task is cancelled, the future is cancelled and forgotten.
+    if the waiting task is cancelled and no other task waits on the same
+    future, the future is cancelled and forgotten. Any number of tasks may
+    wait on one future. After the poller shuts down, :meth:`wait` polls alone
+    (a task that outlived the poller's block still gets its result).
     """
 
     def __init__(self) -> None:
-        self._pending: dict[int, tuple[Pollable[Any], anyio.Event]] = {}
+        # One entry per wait, not per future: two waiters on one future both wake.
+        self._pending: dict[object, tuple[Pollable[Any], anyio.Event]] = {}
         self._work = anyio.Event()
+        self._closed = False
 
     @property
     def pending(self) -> int:
-        """Number of futures being waited on right now."""
+        """Number of waits in progress right now."""
         return len(self._pending)
 
     async def wait(self, future: Pollable[T_co]) -> T_co:
         """Wait until ``future`` completes and return its result.
 
         Raises:
-            anyio.BrokenResourceError: if the poller shuts down first (the
-                future is then cancelled).
             Exception: whatever ``future.result()`` raises.
         """
+        if self._closed:
+            return await _poll_alone(future)
         if not future.is_completed():
             done = anyio.Event()
-            key = id(future)
+            key = object()
             self._pending[key] = (future, done)
             self._work.set()
             try:
                 await done.wait()
             finally:
-                if self._pending.pop(key, None) is not None and not future.is_completed():
+                abandoned = self._pending.pop(key, None) is not None
+                shared = any(f is future for f, _ in self._pending.values())
+                if abandoned and not shared and not future.is_completed():
                     future.cancel()
             if not future.is_completed():
-                # Woken by shutdown: result() of a cancelled future never returns.
-                raise anyio.BrokenResourceError(
-                    "the future poller shut down before the future completed"
-                )
+                # Woken by shutdown while we still wait: go on alone.
+                return await _poll_alone(future)
         return future.result()
 
     async def run(self) -> None:
@@ -94,13 +99,25 @@ class FuturePoller:
             interval = _MIN_INTERVAL if finished else min(interval * 2, _MAX_INTERVAL)
             await anyio.sleep(interval)
 
-    def cancel_all(self) -> None:
-        """Cancel every pending future (called when the poller shuts down)."""
-        for future, done in self._pending.values():
-            if not future.is_completed():
-                future.cancel()
+    def close(self) -> None:
+        """Shut down: wake every waiter (each goes on polling alone); later waits poll alone."""
+        self._closed = True
+        for _, done in self._pending.values():
             done.set()
         self._pending.clear()
+
+
+async def _poll_alone(future: Pollable[T_co]) -> T_co:
+    """Poll one future with the poller's back-off; cancel it if the wait is cancelled."""
+    interval = _MIN_INTERVAL
+    try:
+        while not future.is_completed():
+            await anyio.sleep(interval)
+            interval = min(interval * 2, _MAX_INTERVAL)
+    finally:
+        if not future.is_completed():
+            future.cancel()
+    return future.result()
 
 
 _current: contextvars.ContextVar[FuturePoller | None] = contextvars.ContextVar(
@@ -112,7 +129,9 @@ _current: contextvars.ContextVar[FuturePoller | None] = contextvars.ContextVar(
 async def open_future_poller() -> AsyncIterator[FuturePoller]:
     """Run a poller for the body; tasks started inside share it via :func:`wait_future`.
 
-    On exit, futures still pending are cancelled.
+    On exit, waits still in progress continue by polling alone (their tasks
+    are normally cancelled with the body's task group, which cancels their
+    futures).
     """
     poller = FuturePoller()
     token = _current.set(poller)
@@ -124,7 +143,7 @@ async def open_future_poller() -> AsyncIterator[FuturePoller]:
             finally:
                 tg.cancel_scope.cancel()
     finally:
-        poller.cancel_all()
+        poller.close()
         _current.reset(token)
 
 
@@ -140,12 +159,4 @@ async def wait_future(future: Pollable[T_co]) -> T_co:
     poller = _current.get()
     if poller is not None:
         return await poller.wait(future)
-    interval = _MIN_INTERVAL
-    try:
-        while not future.is_completed():
-            await anyio.sleep(interval)
-            interval = min(interval * 2, _MAX_INTERVAL)
-    finally:
-        if not future.is_completed():
-            future.cancel()
-    return future.result()
+    return await _poll_alone(future)

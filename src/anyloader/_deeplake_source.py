@@ -14,9 +14,23 @@ if TYPE_CHECKING:
 
     from ._source import Columns
 
-__all__ = ["DeeplakeSource"]
+__all__ = ["DeeplakeSource", "is_deeplake_dataset"]
 
-_DATASET_TYPES = (deeplake.Dataset, deeplake.ReadOnlyDataset, deeplake.DatasetView)
+
+def is_deeplake_dataset(obj: object) -> bool:
+    """Whether ``obj`` reads like a deeplake dataset or view: a schema, a length, columns by name.
+
+    deeplake has many view classes (query results, row ranges, index lists,
+    filters); what the loader needs is what they share, not their names.
+    """
+    schema = getattr(obj, "schema", None)
+    return (
+        schema is not None
+        and hasattr(schema, "columns")
+        and hasattr(obj, "__len__")
+        and hasattr(obj, "__getitem__")
+    )
+
 
 # deeplake's errors that a retry can plausibly cure: the network or the store hiccupped.
 _TRANSIENT = (
@@ -29,7 +43,7 @@ _TRANSIENT = (
 class DeeplakeSource:
     """Rows of a deeplake dataset, one ``Column.get_async(indices)`` per column per fetch.
 
-    Accepts an open ``Dataset``/``ReadOnlyDataset``/``DatasetView`` or a URL,
+    Accepts an open dataset or any view of one (query, slice, index list) or a URL,
     which is opened read-only now, so a bad URL fails here and not in a worker.
     Pickles as deeplake's small dataset handle, so DataLoader workers reopen it
     cheaply (use ``file://`` or remote URLs: ``mem://`` arrives empty).
@@ -41,7 +55,7 @@ class DeeplakeSource:
 
     def __init__(
         self,
-        dataset: deeplake.Dataset | deeplake.ReadOnlyDataset | deeplake.DatasetView | str,
+        dataset: Any,
         *,
         creds: Mapping[str, str] | None = None,
         token: str | None = None,
@@ -51,17 +65,17 @@ class DeeplakeSource:
                 dataset = deeplake.open_read_only(dataset, creds=dict(creds or {}), token=token)
             except Exception as exc:
                 raise ValueError(f"cannot open deeplake dataset {dataset!r}: {exc}") from exc
-        elif not isinstance(dataset, _DATASET_TYPES):
+        elif not is_deeplake_dataset(dataset):
             raise TypeError(
-                "DeeplakeSource takes a deeplake Dataset, ReadOnlyDataset, DatasetView "
-                f"or a URL string, got {type(dataset).__name__}"
+                "DeeplakeSource takes a deeplake dataset, a view of one, or a URL string, "
+                f"got {type(dataset).__name__}"
             )
         self._ds = dataset
         self._columns = tuple(c.name for c in dataset.schema.columns)
         self._handles: dict[str, Any] = {}
 
     @property
-    def dataset(self) -> deeplake.Dataset | deeplake.ReadOnlyDataset | deeplake.DatasetView:
+    def dataset(self) -> Any:
         """The underlying deeplake dataset."""
         return self._ds
 

@@ -2,293 +2,189 @@
 
 ::
 
-    producer --work--> N fetchers --chunks--> [reorder] --chunks--> SampleStream
+    plan --next group--> N fetchers --chunks--> [reorder] --emit--> consumer
 
-Backpressure is a row budget (``prefetch + concurrency * fetch_size``): the
-producer takes rows from it before handing out work, the consumer gives them
-back as it takes samples, so rows fetched but not consumed never exceed it,
-whatever the speed of either side. The first failure cancels the group and is
-raised to the consumer as the original exception.
+Fetchers pull the next group straight from the plan: no producer task and no
+hand-off per request. Backpressure is a row budget (``prefetch + concurrency *
+fetch_size`` plus one batch): a fetcher takes rows from it before it pulls a
+group, the consumer gives them back as it takes samples, so rows fetched but
+not consumed never exceed it. Taking the budget before pulling the group also
+means the lowest group in flight always holds budget, so the reorder window
+cannot deadlock.
+
+The engine's outcome travels on the same channel as its rows: after the last
+chunk it emits exactly one :class:`Complete` (with the number of rows the plan
+held, which the consumer checks against what it received) or one
+:class:`Failed` (with the original exception, whatever its type). Nothing
+else ends an epoch normally.
 """
 
 from __future__ import annotations
 
 import random
-import sys
-from contextlib import asynccontextmanager
+from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import numpy as np
 
 from ._bridge import open_future_poller
-from ._config import LoaderConfig, LoaderOptions, non_negative_int
-from ._plan import Shard, plan_epoch
+from ._chunk import Chunk, check_columns
 from ._retry import retrying
-from ._samples import Chunk, check_columns
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
-    from typing import Unpack  # annotations only: never imported at run time
+    from collections.abc import Callable, Iterator
 
-    from anyio.abc import ObjectReceiveStream, ObjectSendStream
-    from anyio.streams.memory import MemoryObjectReceiveStream
+    import numpy as np
 
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
+    from ._config import LoaderConfig
 
-__all__ = ["SampleStream", "open_chunks", "open_stream"]
+__all__ = ["Complete", "Failed", "Item", "RowBudget", "run_engine"]
 
-_Work = tuple[int, np.ndarray]  # (position in plan, rows)
-_Done = tuple[int, Chunk]  # (position in plan, fetched rows)
+
+@dataclass(frozen=True, slots=True)
+class Complete:
+    """The epoch's last item when every group was fetched: ``rows`` is what the plan held."""
+
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The epoch's last item when it failed: the original exception, to raise in the consumer."""
+
+    error: BaseException
+
+
+Item = Chunk | Complete | Failed
+
+
+class ForeignCancellation(RuntimeError):
+    """A fetch raised a cancellation exception that nothing in the engine asked for."""
 
 
 class RowBudget:
-    """Counts rows handed out and not yet given back; one task waits for room."""
+    """Rows handed out and not yet given back; waiters are served first come, first served."""
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.in_use = 0
-        self._room: anyio.Event | None = None
+        self._waiters: deque[tuple[int, anyio.Event]] = deque()
 
     async def take(self, rows: int) -> None:
-        while self.in_use + rows > self.total:
-            self._room = anyio.Event()
-            await self._room.wait()
-        self.in_use += rows
+        """Wait until ``rows`` fit in the budget, then hold them."""
+        if not self._waiters and self.in_use + rows <= self.total:
+            self.in_use += rows
+            return
+        entry = (rows, anyio.Event())
+        self._waiters.append(entry)
+        try:
+            await entry[1].wait()
+        except BaseException:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+            else:  # granted as the wait was cancelled: hand it on
+                self.give_back(rows)
+            raise
 
     def give_back(self, rows: int) -> None:
+        """Return ``rows`` and wake the waiters that now fit, in order."""
         self.in_use -= rows
-        if self._room is not None:
-            self._room.set()
-            self._room = None
+        while self._waiters and self.in_use + self._waiters[0][0] <= self.total:
+            granted, event = self._waiters.popleft()
+            self.in_use += granted
+            event.set()
 
 
-class _Failure:
-    """The first exception of the group, kept for consumers outside the group's scope."""
+async def _own_cancellation(exc: BaseException) -> None:
+    """Re-raise if ``exc`` is a cancellation of ours, else raise a ForeignCancellation.
 
-    error: BaseException | None = None
-
-
-class SampleStream:
-    """What ``open_stream`` yields: the epoch's samples, as chunks or one by one.
-
-    Async-iterate it for samples (dicts), or call :meth:`receive_chunks` to
-    take whatever is ready in one call (the path the torch dataset uses to
-    keep thread round trips per batch, not per sample). The iteration ends
-    after the last row of the plan; if the pipeline failed it raises the
-    original exception instead.
+    Cancellation is level-triggered in AnyIO: when a scope around us really
+    was cancelled, the next checkpoint raises again. A source whose fetch
+    raises ``CancelledError`` because it awaited something someone else
+    cancelled must fail the epoch, not end it quietly.
     """
-
-    def __init__(
-        self,
-        receive: MemoryObjectReceiveStream[_Done],
-        budget: RowBudget,
-        failure: _Failure,
-        config: LoaderConfig,
-    ) -> None:
-        self._receive = receive
-        self._budget = budget
-        self._failure = failure
-        self._config = config
-        self._pending: list[Any] = []
-        self._handed = 0
-
-    async def receive_chunks(self, consumed: int = 0) -> list[Chunk]:
-        """Give back ``consumed`` rows of budget, then wait for the next chunks.
-
-        Returns every chunk already available (at least one), or ``[]`` when
-        the epoch is complete.
-
-        Raises:
-            Exception: the pipeline's first failure, as raised by its source.
-        """
-        if consumed:
-            self._budget.give_back(consumed)
-        try:
-            chunks = [(await self._receive.receive())[1]]
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            if self._failure.error is not None:
-                raise self._failure.error from None
-            return []
-        while True:
-            try:
-                chunks.append(self._receive.receive_nowait()[1])
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                return chunks
-
-    def __aiter__(self) -> SampleStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        if not self._pending:
-            chunks = await self.receive_chunks(self._handed)
-            self._handed = 0
-            if not chunks:
-                raise StopAsyncIteration
-            for chunk in chunks:
-                self._pending.extend(chunk.samples(return_index=self._config.return_index))
-            self._pending.reverse()
-        self._handed += 1
-        sample = self._pending.pop()
-        transform = self._config.transform
-        return sample if transform is None else transform(sample)
+    await anyio.lowlevel.checkpoint()
+    raise ForeignCancellation(
+        f"source.fetch raised {type(exc).__name__}, but the epoch was not cancelled; "
+        "a cancellation from inside the source is an error, not the end of the epoch"
+    ) from exc
 
 
-async def _produce(
-    plan: Sequence[np.ndarray], budget: RowBudget, send: ObjectSendStream[_Work]
-) -> None:
-    async with send:
-        for seq, rows in enumerate(plan):
-            await budget.take(len(rows))
-            await send.send((seq, rows))
-
-
-async def _fetch(
+async def run_engine(
     config: LoaderConfig,
-    receive: ObjectReceiveStream[_Work],
-    send: ObjectSendStream[_Done],
-    failure: _Failure,
-    rng: random.Random,
+    groups: Iterator[tuple[np.ndarray, np.ndarray]],
+    planned: int,
+    budget: RowBudget,
+    emit: Callable[[Item], object],
+    *,
+    seed: int,
 ) -> None:
-    source, columns = config.source, config.columns
-    async with receive, send:
-        async for seq, rows in receive:
+    """Fetch every group of ``groups``; ``emit`` each chunk, then exactly one outcome.
 
-            async def attempt(rows: np.ndarray = rows) -> Any:
-                return await source.fetch(rows.tolist(), columns)
+    ``emit`` must not block: the budget bounds what is emitted and not yet
+    consumed. Chunks are emitted in plan order when ``config.options.ordered``.
 
-            try:
-                values = await retrying(attempt, config.retry, config.is_transient, rng, rows=rows)
-                check_columns(values, columns, len(rows))
-            except Exception as exc:
-                if failure.error is None:
-                    failure.error = exc
-                raise
-            await send.send((seq, Chunk(rows, {c: values[c] for c in columns})))
-
-
-async def _reorder(receive: ObjectReceiveStream[_Done], send: ObjectSendStream[_Done]) -> None:
-    # Holds only chunks that arrived early; the row budget bounds how many.
-    early: dict[int, Chunk] = {}
+    Guarantee: ``emit`` receives :class:`Complete` only after a chunk for every
+    group, and :class:`Failed` for the first failure, whatever its type
+    (including ``KeyboardInterrupt`` and a cancellation exception the engine
+    did not cause). On cancellation from outside it emits nothing more and
+    every fetch is cancelled before it returns.
+    """
+    options = config.options
+    source, columns, fetch_size = config.source, config.columns, options.fetch_size
+    retry, is_transient = config.retry, config.is_transient
+    rng = random.Random(seed)
+    plan = enumerate(groups)
+    early: dict[int, Chunk] = {}  # chunks ahead of the next in order; the budget bounds them
     expected = 0
-    async with receive, send:
-        async for seq, chunk in receive:
-            early[seq] = chunk
-            while expected in early:
-                await send.send((expected, early.pop(expected)))
-                expected += 1
+    failed = False
 
+    def deliver(seq: int, chunk: Chunk) -> None:
+        nonlocal expected
+        if not options.ordered:
+            emit(chunk)
+            return
+        early[seq] = chunk
+        while expected in early:
+            emit(early.pop(expected))
+            expected += 1
 
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The exception to raise for a failed group: a non-Exception first, else the first."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    for leaf in leaves:
-        if not isinstance(leaf, Exception) and not isinstance(
-            leaf, anyio.get_cancelled_exc_class()
-        ):
-            return leaf
-    errors = [leaf for leaf in leaves if isinstance(leaf, Exception)]
-    return errors[0] if errors else leaves[0]
-
-
-@asynccontextmanager
-async def open_chunks(
-    config: LoaderConfig,
-    shard: Shard | None = None,
-    *,
-    epoch: int = 0,
-    start: int = 0,
-) -> AsyncIterator[SampleStream]:
-    """Run the engine for one epoch of ``shard``; yield the stream of its samples.
-
-    Guarantee: the stream yields each row of ``plan_epoch(...)`` once, in plan
-    order when ``config.ordered``; leaving the block, normally or not, cancels
-    every task and pending fetch before it returns.
-
-    Raises:
-        Exception: the first fetch failure (retries exhausted or not transient),
-            as the source raised it, not wrapped in an ``ExceptionGroup``.
-    """
-    non_negative_int("epoch", epoch)
-    non_negative_int("start", start)
-    shard = shard or Shard()
-    plan = plan_epoch(
-        len(config.source),
-        shard,
-        fetch_size=config.fetch_size,
-        seed=config.seed,
-        epoch=epoch,
-        shuffle=config.shuffle,
-        even=config.even,
-        start=start,
-    )
-    budget = RowBudget(config.budget)
-    failure = _Failure()
-    # Work is handed over unbuffered: a fetcher takes a group only when free.
-    # The budget bounds chunks in flight, so buffers of that size never block
-    # a fetcher for any other reason.
-    work_send, work_receive = anyio.create_memory_object_stream[_Work](0)
-    done_send, done_receive = anyio.create_memory_object_stream[_Done](config.budget)
-    if config.ordered:
-        out_send, out_receive = anyio.create_memory_object_stream[_Done](config.budget)
-    else:
-        out_send, out_receive = done_send, done_receive
-    stream = SampleStream(out_receive, budget, failure, config)
-    rng = random.Random(hash((config.seed, epoch, shard)))
-    try:
-        async with open_future_poller(), anyio.create_task_group() as tg:
-            tg.start_soon(_produce, plan, budget, work_send)
-            with work_receive, done_send:
-                for _ in range(min(config.concurrency, max(1, len(plan)))):
-                    tg.start_soon(
-                        _fetch, config, work_receive.clone(), done_send.clone(), failure, rng
-                    )
-            if config.ordered:
-                tg.start_soon(_reorder, done_receive, out_send)
+    async def fetcher(scope: anyio.CancelScope) -> None:
+        nonlocal failed
+        while True:
+            await budget.take(fetch_size)
             try:
-                with out_receive:
-                    yield stream
-            finally:
-                tg.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        raise _first_error(group) from None
+                seq, (positions, rows) = next(plan)
+            except StopIteration:
+                budget.give_back(fetch_size)
+                return
+            if len(rows) < fetch_size:
+                budget.give_back(fetch_size - len(rows))
+            indices = rows.tolist()
 
+            async def attempt(indices: list[int] = indices) -> Any:
+                return await source.fetch(indices, columns)
 
-@asynccontextmanager
-async def open_stream(
-    source: object,
-    *,
-    epoch: int = 0,
-    shard: Shard | None = None,
-    start: int = 0,
-    **options: Unpack[LoaderOptions],
-) -> AsyncIterator[SampleStream]:
-    """Stream one epoch of ``source`` from async code, on asyncio or trio.
+            try:
+                try:
+                    values = await retrying(attempt, retry, is_transient, rng, rows=indices)
+                except anyio.get_cancelled_exc_class() as exc:
+                    await _own_cancellation(exc)
+                values = check_columns(values, columns, len(indices))
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException as exc:  # transported to the consumer, never swallowed
+                if not failed:
+                    failed = True
+                    emit(Failed(exc))
+                scope.cancel()
+                return
+            deliver(seq, Chunk(positions, rows, {c: values[c] for c in columns}))
 
-    ``async with open_stream(url, shuffle=True) as samples: async for s in samples``.
-    ``options`` are :class:`AsyncDataset`'s (``columns``, ``concurrency``,
-    ``prefetch``, ``fetch_size``, ``shuffle``, ``seed``, ``ordered``,
-    ``transform``, ``return_index``, ``even``, ``retries``, ``timeout``,
-    ``retry_if``) with the same defaults and meaning; ``shard`` picks the
-    slice of the epoch (default: all of it) and ``start`` skips that many of
-    the shard's rows. The transform runs on the event loop thread here.
-
-    Raises:
-        TypeError, ValueError: bad arguments, before anything starts.
-        Exception: the first fetch failure, unwrapped.
-    """
-    config = LoaderConfig.build(source, **options)
-    if shard is not None and not isinstance(shard, Shard):
-        raise TypeError(f"shard must be an anyloader.Shard or None, got {shard!r}")
-    async with open_chunks(config, shard or Shard(), epoch=epoch, start=start) as stream:
-        yield stream
+    # One poller wakes every fetch waiting on a deeplake future (see anyloader._bridge).
+    async with open_future_poller(), anyio.create_task_group() as tg:
+        for _ in range(min(options.concurrency, max(1, -(-planned // fetch_size)))):
+            tg.start_soon(fetcher, tg.cancel_scope)
+    if not failed:
+        emit(Complete(planned))

@@ -8,10 +8,14 @@ hammer hardest.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["Shard", "plan_epoch", "shard_rows"]
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+__all__ = ["Shard", "plan_epoch", "plan_groups", "shard_rows"]
 
 
 @dataclass(frozen=True)
@@ -118,10 +122,26 @@ def plan_epoch(
     Raises:
         ValueError: if ``fetch_size`` is not positive or ``start`` is negative.
     """
-    if fetch_size < 1:
-        raise ValueError(f"fetch_size must be >= 1, got {fetch_size}")
     if start < 0:
         raise ValueError(f"start must be >= 0, got {start}")
     rows = shard_rows(num_rows, shard, seed=seed, epoch=epoch, shuffle=shuffle, even=even)
-    rows = rows[start:]
-    return [rows[i : i + fetch_size] for i in range(0, len(rows), fetch_size)]
+    return [group for _, group in plan_groups(rows, range(start, len(rows)), fetch_size)]
+
+
+def plan_groups(
+    rows: np.ndarray, positions: Sequence[int], fetch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(positions, rows[positions])`` in groups of ``fetch_size``, lazily, in order.
+
+    ``positions`` index the shard's rows (``range(start, len(rows))``, or the
+    positions a checkpoint has not delivered); every group has ``fetch_size``
+    of them except possibly the last.
+
+    Raises:
+        ValueError: if ``fetch_size`` is not positive.
+    """
+    if fetch_size < 1:
+        raise ValueError(f"fetch_size must be >= 1, got {fetch_size}")
+    for i in range(0, len(positions), fetch_size):
+        group = np.asarray(positions[i : i + fetch_size], dtype=np.int64)
+        yield group, rows[group]

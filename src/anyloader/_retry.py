@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 __all__ = ["RetryPolicy", "default_is_transient", "retrying"]
 
 T = TypeVar("T")
+_PREFIX = "anyloader: "
 
 
 def default_is_transient(exc: BaseException) -> bool:
@@ -70,9 +71,22 @@ def _describe(rows: Iterable[int], tries: int, why: str) -> str:
     named: list[object] = [int(r) for r in rows]
     shown = named if len(named) <= 16 else [*named[:16], "...", f"({len(named)} rows)"]
     return (
-        f"anyloader: fetching rows {shown} failed after {tries} "
+        f"{_PREFIX}fetching rows {shown} failed after {tries} "
         f"attempt{'s' if tries > 1 else ''} ({why})"
     )
+
+
+def _note(exc: BaseException, note: str) -> None:
+    """Attach ``note``, replacing ours from an earlier failure of the same exception object.
+
+    A source may raise one stored exception object again and again (every
+    epoch, say); it must not collect one more note each time.
+    """
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, list):
+        notes[:] = [n for n in notes if not (isinstance(n, str) and n.startswith(_PREFIX))]
+    if hasattr(exc, "add_note"):  # Python >= 3.11
+        exc.add_note(note)
 
 
 async def retrying(
@@ -113,7 +127,6 @@ async def retrying(
                     why = f"{type(exc).__name__} is not transient, not retried"
                 if isinstance(exc, TimeoutError) and policy.timeout is not None:
                     why += f"; each attempt timed out after {policy.timeout} s"
-                if hasattr(exc, "add_note"):  # Python >= 3.11
-                    exc.add_note(_describe(rows, tries, why))
+                _note(exc, _describe(rows, tries, why))
                 raise
         await anyio.sleep(policy.delay(tries - 1, rng))

@@ -1,14 +1,12 @@
-"""Turn fetched column groups into per-row samples with writable arrays."""
+"""``Chunk``: the rows one fetch returned, and the check that a source kept its contract."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
 
 __all__ = ["Chunk", "check_columns"]
 
@@ -23,28 +21,43 @@ def _writable(values: Any) -> Any:
     ]
 
 
-def check_columns(values: Mapping[str, Any], columns: Sequence[str], rows: int) -> None:
-    """Check that a source returned one value per row for every requested column.
+def check_columns(values: object, columns: Sequence[str], rows: int) -> Mapping[str, Any]:
+    """Return ``values`` if a source returned one value per row, in order, for every column.
 
     Raises:
+        TypeError: ``values`` is not a mapping, or a column's values are not an
+            ordered sequence (a ``set`` would reorder rows silently).
         ValueError: naming the column that is missing or has the wrong length.
     """
+    if not isinstance(values, Mapping):
+        raise TypeError(
+            f"source.fetch must return a mapping {{column: values}}, got {type(values).__name__}"
+        )
     for name in columns:
         if name not in values:
             raise ValueError(f"source returned no column {name!r} (got {sorted(values)})")
-        got = len(values[name])
-        if got != rows:
-            raise ValueError(f"source returned {got} values for column {name!r}, expected {rows}")
+        column = values[name]
+        if not isinstance(column, (np.ndarray, Sequence)) or isinstance(column, (str, bytes)):
+            raise TypeError(
+                f"source returned {type(column).__name__} for column {name!r}; it must be an "
+                "array or a sequence with one value per requested row, in request order"
+            )
+        if len(column) != rows:
+            raise ValueError(
+                f"source returned {len(column)} values for column {name!r}, expected {rows}"
+            )
+    return values
 
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """Rows fetched in one request: global indices and ``{column: values}``.
+    """Rows fetched in one request: shard positions, global indices and ``{column: values}``.
 
     Built on the event loop, turned into samples by the consumer, so the copy
     that makes arrays writable is paid off the loop thread.
     """
 
+    positions: np.ndarray
     indices: np.ndarray
     values: Mapping[str, Any]
 

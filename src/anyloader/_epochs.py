@@ -1,0 +1,192 @@
+"""Which epoch an iteration reads, agreed between a process and its DataLoader workers.
+
+Each new iteration reads the next epoch unless ``set_epoch`` chose one, so a
+loop that never calls ``set_epoch`` (Lightning, most plain loops) still gets a
+new shuffle every epoch. With ``num_workers=0`` the process iterating decides
+alone. DataLoader workers cannot: they hold copies of the dataset, persistent
+workers keep theirs for good, and the process that calls ``set_epoch`` never
+iterates. So the schedule lives in a few shared integers (a lock-protected
+``multiprocessing`` array) that the process and the workers it starts read
+and write; ``Schedule`` is its value and the transitions are pure functions.
+
+The workers of one DataLoader iteration must all read the same epoch. Each
+calls ``iter(dataset)`` once per iteration, so the first to arrive opens the
+iteration and the others join it; an iteration is recognised by its token
+(the DataLoader's per-iterator base seed and the worker's own iteration
+count) and closes when ``num_workers`` workers have joined.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import weakref
+from dataclasses import astuple, dataclass, replace
+from typing import Any
+
+__all__ = ["Schedule", "SharedSchedule"]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The epoch state shared by a process and its DataLoader workers.
+
+    Attributes:
+        next_epoch: the epoch the next iteration reads.
+        chosen: ``next_epoch`` was chosen by ``set_epoch`` and no iteration
+            has read it yet (it then wins over a loaded checkpoint's epoch).
+        open_epoch: the epoch of the iteration that workers are joining.
+        token_seed, token_count: which DataLoader iteration that is.
+        arrivals: workers that have joined it.
+        in_workers: the latest iteration ran in DataLoader workers, so this
+            process does not know how far it got.
+    """
+
+    next_epoch: int = 0
+    chosen: bool = False
+    open_epoch: int = -1
+    token_seed: int = -1
+    token_count: int = -1
+    arrivals: int = 0
+    in_workers: bool = False
+
+    def choose(self, epoch: int) -> Schedule:
+        """``set_epoch(epoch)``: the next iteration reads ``epoch``."""
+        return replace(self, next_epoch=epoch, chosen=True, arrivals=0, token_seed=-1)
+
+    def _epoch_for(self, resume_epoch: int | None) -> int:
+        # A chosen epoch wins; else a checkpoint's; else the next in line.
+        if self.chosen or resume_epoch is None:
+            return self.next_epoch
+        return resume_epoch
+
+    def start_here(self, resume_epoch: int | None) -> tuple[Schedule, int]:
+        """An iteration in this process (no DataLoader workers): return it and its epoch."""
+        epoch = self._epoch_for(resume_epoch)
+        return Schedule(next_epoch=epoch + 1), epoch
+
+    def join(
+        self, token: tuple[int, int], num_workers: int, resume_epoch: int | None
+    ) -> tuple[Schedule, int]:
+        """A DataLoader worker starts iterating: open or join its iteration; return its epoch."""
+        joining = (self.token_seed, self.token_count) == token and 0 < self.arrivals < num_workers
+        if joining:
+            return replace(self, arrivals=self.arrivals + 1), self.open_epoch
+        epoch = self._epoch_for(resume_epoch)
+        opened = Schedule(
+            next_epoch=epoch + 1,
+            open_epoch=epoch,
+            token_seed=token[0],
+            token_count=token[1],
+            arrivals=1,
+            in_workers=True,
+        )
+        return opened, epoch
+
+
+_FIELDS = len(astuple(Schedule()))
+
+# Schedules owned by this process: before a fork, the ones this process did
+# not create are made its own (see SharedSchedule._own).
+_live: weakref.WeakSet[SharedSchedule] = weakref.WeakSet()
+
+
+class SharedSchedule:
+    """A :class:`Schedule` in shared memory, shared with the DataLoader workers of its owner.
+
+    Guarantee: the owner process and the workers it starts (fork, spawn or
+    forkserver, persistent or not) see one schedule. Any other process that
+    gets a copy (``torch.multiprocessing.spawn`` ranks, an ``os.fork()``
+    child, a plain ``pickle`` round trip) gets its own, starting from the
+    value at the time of the copy.
+    """
+
+    def __init__(self, value: Schedule | None = None) -> None:
+        self._create(value or Schedule())
+
+    def _create(self, value: Schedule) -> None:
+        self._owner = os.getpid()
+        self._cells: Any = multiprocessing.get_context("spawn").Array("q", _FIELDS)
+        self._write(value)
+        _live.add(self)
+
+    def _read(self) -> Schedule:
+        cells = list(self._cells)
+        return Schedule(
+            next_epoch=cells[0],
+            chosen=bool(cells[1]),
+            open_epoch=cells[2],
+            token_seed=cells[3],
+            token_count=cells[4],
+            arrivals=cells[5],
+            in_workers=bool(cells[6]),
+        )
+
+    def _write(self, value: Schedule) -> None:
+        self._cells[:] = [int(v) for v in astuple(value)]
+
+    def _own(self) -> None:
+        """Outside a worker of the owner, detach: this process's schedule is its own."""
+        from torch.utils.data import get_worker_info
+
+        if os.getpid() == self._owner:
+            return
+        if get_worker_info() is not None and os.getppid() == self._owner:
+            return
+        with self._cells.get_lock():
+            value = self._read()
+        self._create(value)
+
+    @property
+    def value(self) -> Schedule:
+        """The schedule as this process sees it now."""
+        self._own()
+        with self._cells.get_lock():
+            return self._read()
+
+    def choose(self, epoch: int) -> None:
+        """Apply :meth:`Schedule.choose`."""
+        self._own()
+        with self._cells.get_lock():
+            self._write(self._read().choose(epoch))
+
+    def start(
+        self, *, token: tuple[int, int] | None, num_workers: int, resume_epoch: int | None
+    ) -> int:
+        """Start an iteration (``token`` is None outside DataLoader workers); return its epoch."""
+        self._own()
+        with self._cells.get_lock():
+            current = self._read()
+            if token is None:
+                value, epoch = current.start_here(resume_epoch)
+            else:
+                value, epoch = current.join(token, num_workers, resume_epoch)
+            self._write(value)
+        return epoch
+
+    def __getstate__(self) -> dict[str, Any]:
+        from multiprocessing.context import get_spawning_popen
+
+        self._own()
+        if get_spawning_popen() is not None:
+            # A process being started (a DataLoader worker among them) shares it.
+            return {"owner": self._owner, "cells": self._cells}
+        return {"value": self.value}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "cells" in state:
+            self._owner, self._cells = state["owner"], state["cells"]
+            _live.add(self)
+        else:
+            self._create(state["value"])
+
+
+def _own_before_fork() -> None:
+    # A process that received a schedule (a rank started by
+    # torch.multiprocessing.spawn) and forks DataLoader workers without having
+    # touched it must own it first, or its workers would share the launcher's.
+    for schedule in list(_live):
+        schedule._own()
+
+
+os.register_at_fork(before=_own_before_fork)

@@ -1,0 +1,110 @@
+"""The consumer's side of an epoch: engine items in, samples or batches out, outcome checked.
+
+Shared by the async :class:`~anyloader.SampleStream` and the synchronous
+iterator of ``AsyncDataset``, so both end an epoch the same way: normally only
+after :class:`~anyloader._pipeline.Complete` arrived and the rows received
+equal the rows planned; otherwise by raising.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._batching import BatchBuilder
+from ._chunk import Chunk
+from ._pipeline import Complete, Failed
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from ._options import Options
+    from ._pipeline import Item
+
+__all__ = ["EpochIncomplete", "Handout"]
+
+
+class EpochIncomplete(RuntimeError):
+    """The engine reported the epoch complete, but fewer (or more) rows arrived than planned."""
+
+
+class Handout:
+    """Cuts chunks into samples (or batches) and hands them out one at a time, in order.
+
+    Raises:
+        Exception: from :meth:`pop`, the epoch's failure as the source raised it,
+            :class:`EpochIncomplete` if rows went missing, or ``RuntimeError``
+            if the transform raised ``StopIteration``/``StopAsyncIteration``
+            (which would otherwise end the consumer's loop silently).
+    """
+
+    def __init__(self, options: Options, *, shared: bool) -> None:
+        self._transform = options.transform
+        self._return_index = options.return_index
+        self._builder = (
+            None
+            if options.batch_size is None
+            else BatchBuilder(options.batch_size, return_index=options.return_index, shared=shared)
+        )
+        self._ready: deque[tuple[Any, Any]] = deque()  # (sample or batch, positions)
+        self._received = 0
+        self._outcome: Complete | Failed | None = None
+        self.handed = 0  # rows handed out since the budget was last told
+
+    def feed(self, items: Iterable[Item]) -> None:
+        """Take items from the engine, in the order it emitted them."""
+        for item in items:
+            if isinstance(item, Chunk):
+                self._received += len(item)
+                if self._builder is not None:
+                    self._ready.extend(self._builder.add(item))
+                else:
+                    samples = item.samples(return_index=self._return_index)
+                    self._ready.extend(zip(samples, item.positions.tolist(), strict=True))
+            elif isinstance(item, Complete):
+                if self._builder is not None:
+                    self._ready.extend(self._builder.finish())
+                if self._received != item.rows:
+                    error = EpochIncomplete(
+                        f"the epoch ended with {self._received} of its {item.rows} rows; "
+                        "anyloader never ends an epoch early, so this is a bug: please report it"
+                    )
+                    self._outcome = Failed(error)
+                else:
+                    self._outcome = item
+            else:
+                self._outcome = item
+
+    @property
+    def waiting(self) -> bool:
+        """Nothing to hand out and the epoch not over: the engine must be asked for more."""
+        return not self._ready and self._outcome is None
+
+    def pop(self) -> tuple[Any, Any] | None:
+        """The next sample (or batch) with its positions, transformed; None at the end.
+
+        Call only when not :attr:`waiting`.
+        """
+        if not self._ready:
+            if isinstance(self._outcome, Failed):
+                raise self._outcome.error
+            return None
+        value, positions = self._ready.popleft()
+        self.handed += 1 if isinstance(positions, int) else len(positions)
+        if self._transform is not None:
+            try:
+                value = self._transform(value)
+            except (StopIteration, StopAsyncIteration) as exc:
+                raise RuntimeError(
+                    f"transform raised {type(exc).__name__}; that would end the epoch silently"
+                ) from exc
+        return value, positions
+
+
+def positions_of(positions: Any) -> list[int]:
+    """Positions as a list, for one sample (an int) or a batch (an array)."""
+    if isinstance(positions, np.ndarray):
+        return [int(p) for p in positions.tolist()]
+    return [int(positions)]

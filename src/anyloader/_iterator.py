@@ -1,0 +1,97 @@
+"""``EpochIterator``: one epoch of ``AsyncDataset`` in this process, as a plain iterator."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from ._exit import close_at_exit
+from ._handout import Handout, positions_of
+from ._loop_thread import LoopThread
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    import numpy as np
+
+    from ._config import LoaderConfig
+    from ._state import Progress
+
+__all__ = ["EpochIterator"]
+
+
+class EpochIterator:
+    """Yields an epoch's samples (or batches) while its engine runs on a loop thread.
+
+    After each item it reports the epoch's :class:`~anyloader._state.Progress`
+    to ``report``, so a checkpoint taken between two items is exact.
+
+    Guarantee: ``StopIteration`` only after every planned row was yielded.
+    Leaving early (``close``, ``break``, an exception, garbage collection,
+    Ctrl-C, interpreter exit) cancels every fetch; off the loop thread it
+    returns only after the loop thread has ended.
+
+    Raises:
+        Exception: the epoch's failure as the source raised it (also
+            ``KeyboardInterrupt``/``SystemExit`` raised in a fetch).
+        RuntimeError: ``next`` in a forked child of the process that started it.
+    """
+
+    def __init__(
+        self,
+        backend: str,
+        config: LoaderConfig,
+        groups: Iterator[tuple[np.ndarray, np.ndarray]],
+        progress: Progress,
+        report: Callable[[Progress], object],
+        *,
+        planned: int,
+        shared: bool,
+        seed: int,
+    ) -> None:
+        self._pid = os.getpid()
+        self._done = True  # until the loop thread exists: __del__ has nothing to close
+        self._handout = Handout(config.options, shared=shared)
+        self._progress = progress
+        self._report = report
+        self._thread = LoopThread(backend, config, groups, planned, seed=seed)
+        self._done = False
+        close_at_exit(self)
+
+    def __iter__(self) -> EpochIterator:
+        return self
+
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                f"this epoch was started by process {self._pid}; a forked child cannot "
+                "continue it (start a new iteration in the child)"
+            )
+        handout, thread = self._handout, self._thread
+        try:
+            while handout.waiting:
+                thread.give_back(handout.handed)
+                handout.handed = 0
+                handout.feed(thread.get())
+            taken = handout.pop()
+        except BaseException:
+            self.close()
+            raise
+        if taken is None:
+            self.close()
+            raise StopIteration
+        value, positions = taken
+        self._progress = self._progress.deliver(positions_of(positions))
+        self._report(self._progress)
+        return value
+
+    def close(self) -> None:
+        """Stop the epoch: cancel every fetch and end the loop thread."""
+        if not self._done:
+            self._done = True
+            self._thread.close()
+
+    def __del__(self) -> None:
+        self.close()

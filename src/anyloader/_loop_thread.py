@@ -1,0 +1,130 @@
+"""One epoch's engine on a private event-loop thread, handing items to a consumer thread.
+
+::
+
+    consumer thread                          loop thread (anyio.run)
+    get()      <-- queue.SimpleQueue.put ---  run_engine(emit=put)
+    give_back  --- call soon, thread-safe --> RowBudget.give_back
+    close()    --- call soon: cancel -------> engine cancelled, loop returns; join
+
+Items cross in a ``queue.SimpleQueue``: the engine never blocks on it (the
+row budget bounds it), the consumer blocks in ``get`` without spinning and a
+Ctrl-C interrupts it. Calls into the loop use the backend's own non-blocking,
+thread-safe scheduling (``loop.call_soon_threadsafe``, ``TrioToken.run_sync_soon``),
+never a blocking portal call: that is what lets a trio loop thread be driven
+from a thread that is itself running ``trio.run``, and lets ``close`` run on
+the loop thread itself (garbage collection can run a finaliser anywhere).
+
+Anything the loop thread raises (including ``KeyboardInterrupt`` from a
+fetch, or a loop that fails to start) reaches the consumer as a ``Failed``
+item: the consumer raises it as itself.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+
+from ._pipeline import Failed, RowBudget, run_engine
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    import numpy as np
+
+    from ._config import LoaderConfig
+    from ._pipeline import Item
+
+__all__ = ["LoopThread"]
+
+
+class LoopThread:
+    """Runs :func:`run_engine` for one epoch on a new thread with its own event loop.
+
+    Guarantee: after :meth:`close` returns on any other thread, the loop
+    thread has ended and no fetch of this epoch is running. Called on the
+    loop thread itself, :meth:`close` cancels the engine and returns at once;
+    the thread then ends by itself. In a forked child (which has no copy of
+    the thread) it does nothing.
+    """
+
+    def __init__(
+        self,
+        backend: str,
+        config: LoaderConfig,
+        groups: Iterator[tuple[np.ndarray, np.ndarray]],
+        planned: int,
+        *,
+        seed: int,
+    ) -> None:
+        self._items: queue.SimpleQueue[Item] = queue.SimpleQueue()
+        self._pid = os.getpid()
+        self._started = threading.Event()
+        self._call_soon: Callable[..., object] | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._budget = RowBudget(config.budget)
+        self._closed = False
+
+        async def main() -> None:
+            token: Any = anyio.lowlevel.current_token().native_token
+            # asyncio's loop and trio's TrioToken: both schedule a call from any thread.
+            self._call_soon = getattr(token, "run_sync_soon", None) or token.call_soon_threadsafe
+            with anyio.CancelScope() as self._scope:
+                self._started.set()
+                await run_engine(config, groups, planned, self._budget, self._items.put, seed=seed)
+
+        def run() -> None:
+            try:
+                anyio.run(main, backend=backend)
+            except BaseException as exc:  # reaches the consumer, raised there as itself
+                self._items.put(Failed(exc))
+            finally:
+                self._started.set()
+
+        # A daemon: an iterator left open at exit is closed by an atexit hook
+        # (anyloader._exit), which runs only after non-daemon threads are joined.
+        self._thread = threading.Thread(target=run, name="anyloader", daemon=True)
+        self._thread.start()
+
+    def get(self) -> list[Item]:
+        """Block until the engine has emitted something; return all that is ready."""
+        items = [self._items.get()]
+        while True:
+            try:
+                items.append(self._items.get_nowait())
+            except queue.Empty:
+                return items
+
+    def _call(self, fn: Callable[..., object], *args: Any) -> bool:
+        """Schedule ``fn(*args)`` on the loop; False if the loop has already finished."""
+        self._started.wait()
+        if self._call_soon is None:
+            return False
+        try:
+            self._call_soon(fn, *args)
+        except RuntimeError:  # asyncio: loop closed; trio: RunFinishedError
+            return False
+        return True
+
+    def give_back(self, rows: int) -> None:
+        """Return ``rows`` to the engine's row budget (they were consumed)."""
+        if rows:
+            self._call(self._budget.give_back, rows)
+
+    def close(self) -> None:
+        """Cancel the engine and (off the loop thread) wait until its thread has ended."""
+        if self._closed or os.getpid() != self._pid:
+            return  # a forked child has no loop thread: nothing of ours runs here
+        self._closed = True
+        self._call(self._cancel)
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def _cancel(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()

@@ -1,0 +1,214 @@
+"""Every loader option, defined once: name, type, default, validation and a one-line doc.
+
+``Options`` is the single definition. ``AsyncDataset``, ``open_stream`` and the
+guide's option table are built from it (``tests/test_options.py`` fails when an
+entry point or the guide drifts from it). Validation happens at construction,
+so a typo fails on the first line of a training script, not inside a
+DataLoader worker an hour later.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, TypedDict
+
+__all__ = [
+    "BACKENDS",
+    "LoaderOptions",
+    "Options",
+    "check_backend",
+    "non_negative_int",
+    "options_table",
+    "positive_int",
+]
+
+BACKENDS = ("asyncio", "trio")
+
+
+def positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an int >= 1.
+
+    Raises:
+        TypeError: not an int (``bool`` is not accepted as an int).
+        ValueError: < 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return value
+
+
+def non_negative_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an int >= 0.
+
+    Raises:
+        TypeError: not an int (``bool`` is not accepted as an int).
+        ValueError: < 0.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a non-negative int, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value}")
+    return value
+
+
+def check_backend(backend: object) -> str:
+    """Return ``backend`` if it names a supported AnyIO backend.
+
+    Raises:
+        TypeError: if ``backend`` is not a string.
+        ValueError: naming the bad value and the valid choices.
+    """
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def _bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def _callable_or_none(name: str, value: object) -> Any:
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be callable or None, got {value!r}")
+    return value
+
+
+def _positive_int_or_none(name: str, value: object) -> int | None:
+    return None if value is None else positive_int(name, value)
+
+
+def _seconds(name: str, value: object, *, allow_zero: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return float(value)
+
+
+def _timeout(name: str, value: object) -> float | None:
+    return None if value is None else _seconds(name, value, allow_zero=False)
+
+
+def _columns(name: str, value: object) -> tuple[str, ...] | None:
+    # Which names exist is checked against the source in LoaderConfig; here the shape.
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a sequence of column names or None, got {value!r}")
+    if not all(isinstance(c, str) for c in value):
+        raise TypeError(f"{name} must hold column names (str), got {list(value)!r}")
+    return tuple(value)
+
+
+def _option(default: Any, check: Callable[[str, object], Any], kind: str, doc: str) -> Any:
+    return field(default=default, metadata={"check": check, "kind": kind, "doc": doc})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """The loader's options, validated. Build with :meth:`validate`, never by hand.
+
+    Raises:
+        TypeError: an option has the wrong type, or there is no option of that name.
+        ValueError: an option has a bad value (the message names it and what is valid).
+    """
+
+    columns: tuple[str, ...] | None = _option(
+        None, _columns, "list[str] or None", "names to read; None = every column"
+    )
+    concurrency: int = _option(64, positive_int, "int >= 1", "fetch requests in flight")
+    prefetch: int = _option(
+        64, positive_int, "int >= 1", "rows buffered ahead of the consumer, beyond those in flight"
+    )
+    fetch_size: int = _option(1, positive_int, "int >= 1", "rows per fetch request")
+    shuffle: bool = _option(False, _bool, "bool", "seeded shuffle, a new order every epoch")
+    seed: int = _option(0, non_negative_int, "int >= 0", "the shuffle's seed")
+    ordered: bool = _option(
+        True, _bool, "bool", "True: plan order, reproducible; False: as fetches complete"
+    )
+    transform: Callable[[Any], Any] | None = _option(
+        None,
+        _callable_or_none,
+        "callable or None",
+        "applied to each sample (each batch in batch mode)",
+    )
+    return_index: bool = _option(False, _bool, "bool", 'add the global row number under "index"')
+    even: bool = _option(
+        False, _bool, "bool", "equal row counts on every rank: skip the epoch's last rows"
+    )
+    retries: int = _option(3, non_negative_int, "int >= 0", "retries of a transient fetch error")
+    timeout: float | None = _option(
+        None, _timeout, "seconds > 0 or None", "bound on each fetch attempt"
+    )
+    backoff: float = _option(0.05, _seconds, "seconds >= 0", "first retry's maximum delay")
+    max_backoff: float = _option(2.0, _seconds, "seconds >= 0", "cap on any retry's delay")
+    retry_if: Callable[[BaseException], bool] | None = _option(
+        None,
+        _callable_or_none,
+        "callable or None",
+        "which errors to retry (default: the source's choice)",
+    )
+    batch_size: int | None = _option(
+        None, _positive_int_or_none, "int >= 1 or None", "yield whole batches built with one copy"
+    )
+
+    @classmethod
+    def validate(cls, **given: object) -> Options:
+        """Return the options with ``given`` over the defaults, each one checked.
+
+        Raises:
+            TypeError: an unknown option name (the message lists the valid ones),
+                or a value of the wrong type.
+            ValueError: a value out of range.
+        """
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise TypeError(f"unknown option(s) {unknown}; the options are {sorted(known)}")
+        checked = {
+            name: known[name].metadata["check"](name, value) for name, value in given.items()
+        }
+        return cls(**checked)
+
+
+class LoaderOptions(TypedDict, total=False):
+    """Keyword options of ``AsyncDataset`` and ``open_stream``: :class:`Options` but ``columns``.
+
+    ``columns`` is positional in ``AsyncDataset``, so it is spelled out in each
+    signature; ``tests/test_options.py`` checks that this mirrors ``Options``.
+    """
+
+    concurrency: int
+    prefetch: int
+    fetch_size: int
+    shuffle: bool
+    seed: int
+    ordered: bool
+    transform: Callable[[Any], Any] | None
+    return_index: bool
+    even: bool
+    retries: int
+    timeout: float | None
+    backoff: float
+    max_backoff: float
+    retry_if: Callable[[BaseException], bool] | None
+    batch_size: int | None
+
+
+def options_table() -> str:
+    """The guide's option table (Markdown), generated from :class:`Options`."""
+    lines = ["| option | type | default | meaning |", "|---|---|---|---|"]
+    for f in fields(Options):
+        assert f.default is not MISSING
+        lines.append(
+            f"| `{f.name}` | {f.metadata['kind']} | `{f.default!r}` | {f.metadata['doc']} |"
+        )
+    return "\n".join(lines)

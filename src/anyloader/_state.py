@@ -1,0 +1,243 @@
+"""Checkpoint state: where an iteration stands, as a value with named transitions.
+
+``IterationState`` changes only through its transitions: :meth:`~IterationState.start`
+(an iteration begins), :meth:`~IterationState.deliver` (samples reached the
+consumer), :meth:`~IterationState.load` (a checkpoint). ``set_epoch`` and the
+epoch sequence live in the shared :class:`~anyloader._epochs.Schedule`.
+:meth:`~IterationState.saved` turns it into the JSON-serialisable dict that
+``state_dict()`` returns; that dict carries everything resuming depends on
+(the dataset's length, seed, shuffle, ``even`` and the shard), so
+:meth:`~IterationState.load` refuses a state it cannot honour and names why.
+
+Positions are indices into one shard's epoch order. ``Progress`` records which
+were delivered exactly, as a mark (all below it) plus the positions at or
+above it, so resuming is exact with ``ordered=False`` too, where rows arrive
+out of plan order. The engine hands out work in plan order and bounds rows
+ahead of the consumer, so those extra positions are few (at most the budget).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from ._options import non_negative_int, positive_int
+from ._plan import Shard
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["Dataset", "IterationState", "Progress", "StateError"]
+
+VERSION = 2
+_KEYS = frozenset({"version", "dataset", "epoch", "position", "delivered", "length", "shard"})
+
+
+class StateError(ValueError):
+    """A checkpoint state that this dataset cannot honour (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """What a shard's positions mean: the fields a state must share with the dataset."""
+
+    num_rows: int
+    seed: int
+    shuffle: bool
+    even: bool
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Which positions of one shard's epoch have been delivered.
+
+    Every position below ``mark`` was delivered, and those in ``extra`` (all
+    at or above ``mark``, sorted). ``length`` is the shard's size.
+    """
+
+    epoch: int
+    length: int
+    mark: int = 0
+    extra: tuple[int, ...] = ()
+
+    @property
+    def delivered(self) -> int:
+        return self.mark + len(self.extra)
+
+    @property
+    def complete(self) -> bool:
+        return self.mark >= self.length
+
+    def deliver(self, positions: Sequence[int]) -> Progress:
+        """These positions reached the consumer."""
+        n, mark = len(positions), self.mark
+        # Plan order (always, with ordered=True): the mark moves, nothing else.
+        in_order = n == 1 or list(positions) == list(range(mark, mark + n))
+        if n and not self.extra and positions[0] == mark and in_order:
+            return Progress(self.epoch, self.length, mark + n)
+        mark, extra = self.mark, set(self.extra)
+        for p in positions:
+            if p == mark:
+                mark += 1
+            else:
+                extra.add(p)
+            while mark in extra:
+                extra.remove(mark)
+                mark += 1
+        return replace(self, mark=mark, extra=tuple(sorted(extra)))
+
+    def remaining(self) -> range | list[int]:
+        """Positions not delivered yet, in plan order."""
+        if not self.extra:
+            return range(self.mark, self.length)
+        done = set(self.extra)
+        return [p for p in range(self.mark, self.length) if p not in done]
+
+
+@dataclass(frozen=True)
+class _Iteration:
+    number: int  # tells a newer iterator from an older one still alive
+    shard: Shard
+    progress: Progress
+
+
+@dataclass(frozen=True)
+class _Resume:
+    shard: Shard | None  # None: nothing delivered, any layout may resume
+    progress: Progress
+
+    @property
+    def epoch(self) -> int:
+        """The epoch an iteration resuming from this reads: the checkpoint's own.
+
+        A checkpoint taken after an epoch's last item resumes that epoch with
+        nothing left; the iteration after it reads the next epoch.
+        """
+        return self.progress.epoch
+
+
+def _shard_text(shard: Shard) -> str:
+    return (
+        f"rank {shard.rank} of {shard.world_size}, DataLoader worker {shard.worker_id} "
+        f"of {shard.num_workers}"
+    )
+
+
+@dataclass(frozen=True)
+class IterationState:
+    """A dataset's checkpoint state in this process: a loaded resume point, the latest iteration."""
+
+    dataset: Dataset
+    resume: _Resume | None = None
+    latest: _Iteration | None = None
+
+    def start(self, shard: Shard, epoch: int, length: int) -> tuple[IterationState, Progress]:
+        """An iteration of ``shard`` reading ``epoch`` (``length`` rows) begins.
+
+        It resumes from the loaded checkpoint if that is of the same epoch (a
+        checkpoint of another epoch means ``set_epoch`` chose anew: it is
+        dropped); the checkpoint is used once.
+
+        Raises:
+            StateError: the checkpoint was saved by another shard layout.
+        """
+        progress = Progress(epoch=epoch, length=length)
+        resume = self.resume
+        # A checkpoint that names no shard delivered nothing: a fresh start.
+        if resume is not None and resume.shard is not None and resume.progress.epoch == epoch:
+            if resume.shard != shard:
+                raise StateError(
+                    f"the checkpoint was saved by {_shard_text(resume.shard)}; this iteration is "
+                    f"{_shard_text(shard)}. Resume with the same world size and num_workers."
+                )
+            if resume.progress.length != length:
+                raise StateError(
+                    f"the checkpoint's shard has {resume.progress.length} rows, this one {length}"
+                )
+            progress = resume.progress
+        number = self.latest.number + 1 if self.latest else 0
+        started = IterationState(self.dataset, None, _Iteration(number, shard, progress))
+        return started, progress
+
+    def deliver(self, number: int, progress: Progress) -> IterationState:
+        """Iteration ``number`` has delivered ``progress``; an older iteration changes nothing."""
+        if self.latest is None or self.latest.number != number:
+            return self
+        return replace(self, latest=replace(self.latest, progress=progress))
+
+    def load(self, state: Mapping[str, Any]) -> IterationState:
+        """A checkpoint from :meth:`saved`: the next iteration resumes from it.
+
+        Raises:
+            StateError: keys missing, or the state describes another dataset (the
+                message names the field and both values).
+            TypeError: a value has the wrong type.
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError(
+                f"state must be a mapping from state_dict(), got {type(state).__name__}"
+            )
+        missing = sorted(
+            {"version", "dataset", "epoch", "position", "delivered", "shard"} - set(state)
+        )
+        if missing:
+            raise StateError(f"state is missing {missing}; pass what state_dict() returned")
+        if state["version"] != VERSION:
+            raise StateError(
+                f"state has version {state['version']!r}, this anyloader reads {VERSION}"
+            )
+        saved = state["dataset"]
+        for name, mine in vars(self.dataset).items():
+            if saved.get(name) != mine:
+                raise StateError(
+                    f"the checkpoint was saved with {name}={saved.get(name)!r}, this dataset has "
+                    f"{name}={mine!r}: resuming would not continue the same epoch"
+                )
+        shard = None
+        if state["shard"] is not None:
+            s = state["shard"]
+            shard = Shard(
+                rank=non_negative_int("rank", s["rank"]),
+                world_size=positive_int("world_size", s["world_size"]),
+                worker_id=non_negative_int("worker_id", s["worker_id"]),
+                num_workers=positive_int("num_workers", s["num_workers"]),
+            )
+        extra = tuple(non_negative_int("delivered", p) for p in state["delivered"])
+        progress = Progress(
+            epoch=non_negative_int("epoch", state["epoch"]),
+            length=non_negative_int("length", state["length"]),
+            mark=non_negative_int("position", state["position"]),
+            extra=tuple(sorted(extra)),
+        )
+        if shard is None and progress.delivered:
+            raise StateError("a state that delivered rows must name its shard")
+        if any(p < progress.mark for p in extra) or len(set(extra)) != len(extra):
+            raise StateError(f"delivered positions {list(extra)} overlap position {progress.mark}")
+        return replace(self, resume=_Resume(shard, progress))
+
+    def saved(self, next_epoch: int, chosen: bool) -> dict[str, Any]:
+        """``state_dict()``: what the next iteration would resume from if loaded now.
+
+        With an epoch chosen by ``set_epoch`` and not started yet, that epoch
+        from its start; else a loaded, unused checkpoint; else the latest
+        iteration as far as it got; else ``next_epoch`` from its start.
+        """
+        shard: Shard | None = None
+        if chosen:
+            progress = Progress(epoch=next_epoch, length=0)
+        elif self.resume is not None:
+            shard, progress = self.resume.shard, self.resume.progress
+        elif self.latest is not None:
+            shard, progress = self.latest.shard, self.latest.progress
+        else:
+            progress = Progress(epoch=next_epoch, length=0)
+        return {
+            "version": VERSION,
+            "dataset": dict(vars(self.dataset)),
+            "epoch": progress.epoch,
+            "position": progress.mark,
+            "delivered": list(progress.extra),
+            "length": progress.length,
+            "shard": None if shard is None else dict(vars(shard)),
+        }
