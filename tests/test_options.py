@@ -35,7 +35,8 @@ def test_entry_points_take_columns_with_the_same_default_and_options(entry: obje
 def test_every_option_has_a_check_a_type_and_a_doc() -> None:
     for f in FIELDS.values():
         assert callable(f.metadata["check"]), f.name
-        assert f.metadata["kind"] and f.metadata["doc"], f.name
+        assert f.metadata["kind"], f.name
+        assert f.metadata["doc"], f.name
         # The default passes its own check.
         assert f.metadata["check"](f.name, f.default) == f.default, f.name
 

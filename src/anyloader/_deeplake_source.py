@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import deeplake
-
 from ._bridge import wait_future
 from ._retry import default_is_transient
 
@@ -32,12 +30,18 @@ def is_deeplake_dataset(obj: object) -> bool:
     )
 
 
-# deeplake's errors that a retry can plausibly cure: the network or the store hiccupped.
-_TRANSIENT = (
-    deeplake.StorageNetworkConnectionError,
-    deeplake.StorageInternalError,
-    deeplake.HTTPRequestFailedError,
-)
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """deeplake's errors that a retry can plausibly cure: the network or the store hiccupped."""
+    # Imported when first needed, not with anyloader: importing deeplake starts
+    # native threads, after which a forked child aborts at exit (seen with
+    # deeplake 4.7.4). Users of other sources should not inherit that.
+    import deeplake
+
+    return (
+        deeplake.StorageNetworkConnectionError,
+        deeplake.StorageInternalError,
+        deeplake.HTTPRequestFailedError,
+    )
 
 
 class DeeplakeSource:
@@ -61,6 +65,8 @@ class DeeplakeSource:
         token: str | None = None,
     ) -> None:
         if isinstance(dataset, str):
+            import deeplake
+
             try:
                 dataset = deeplake.open_read_only(dataset, creds=dict(creds or {}), token=token)
             except Exception as exc:
@@ -92,7 +98,7 @@ class DeeplakeSource:
 
     def is_transient(self, exc: BaseException) -> bool:
         """Whether a retry may cure ``exc``: deeplake network/storage errors, timeouts, OSError."""
-        return isinstance(exc, _TRANSIENT) or default_is_transient(exc)
+        return isinstance(exc, _transient_errors()) or default_is_transient(exc)
 
     def _column(self, name: str) -> Any:
         handle = self._handles.get(name)

@@ -48,6 +48,7 @@ class Handout:
             if options.batch_size is None
             else BatchBuilder(options.batch_size, return_index=options.return_index, shared=shared)
         )
+        self._chunks: deque[Chunk] = deque()  # received, not yet cut into samples or batches
         self._ready: deque[tuple[Any, Any]] = deque()  # (sample or batch, positions)
         self._received = 0
         self._outcome: Complete | Failed | None = None
@@ -58,28 +59,45 @@ class Handout:
         for item in items:
             if isinstance(item, Chunk):
                 self._received += len(item)
-                if self._builder is not None:
-                    self._ready.extend(self._builder.add(item))
-                else:
-                    samples = item.samples(return_index=self._return_index)
-                    self._ready.extend(zip(samples, item.positions.tolist(), strict=True))
+                self._chunks.append(item)
             elif isinstance(item, Complete):
-                if self._builder is not None:
-                    self._ready.extend(self._builder.finish())
+                self._outcome = item
                 if self._received != item.rows:
-                    error = EpochIncomplete(
-                        f"the epoch ended with {self._received} of its {item.rows} rows; "
-                        "anyloader never ends an epoch early, so this is a bug: please report it"
+                    self._outcome = Failed(
+                        EpochIncomplete(
+                            f"the epoch ended with {self._received} of its {item.rows} rows; "
+                            "anyloader never ends an epoch early: this is a bug, please report it"
+                        )
                     )
-                    self._outcome = Failed(error)
-                else:
-                    self._outcome = item
             else:
                 self._outcome = item
+
+    def feed_end(self) -> None:
+        """The engine's stream closed: without an outcome, the epoch did not complete."""
+        if self._outcome is None:
+            self._outcome = Failed(
+                EpochIncomplete(
+                    f"the engine stopped after {self._received} rows without an outcome"
+                )
+            )
+
+    def _cut(self) -> None:
+        # Samples and batches are made as they are asked for, so an error in
+        # one (a batch whose column changed form) comes after those before it.
+        while not self._ready and self._chunks:
+            chunk = self._chunks.popleft()
+            if self._builder is not None:
+                self._ready.extend(self._builder.add(chunk))
+            else:
+                samples = chunk.samples(return_index=self._return_index)
+                self._ready.extend(zip(samples, chunk.positions.tolist(), strict=True))
+        if not self._ready and self._builder is not None and isinstance(self._outcome, Complete):
+            self._ready.extend(self._builder.finish())
 
     @property
     def waiting(self) -> bool:
         """Nothing to hand out and the epoch not over: the engine must be asked for more."""
+        self._cut()
         return not self._ready and self._outcome is None
 
     def pop(self) -> tuple[Any, Any] | None:
@@ -87,6 +105,7 @@ class Handout:
 
         Call only when not :attr:`waiting`.
         """
+        self._cut()
         if not self._ready:
             if isinstance(self._outcome, Failed):
                 raise self._outcome.error

@@ -65,12 +65,15 @@ class SampleStream:
         while handout.waiting:
             self._budget.give_back(handout.handed)
             handout.handed = 0
-            handout.feed([await self._receive.receive()])
-            while True:  # whatever else is ready, without a checkpoint per item
-                try:
+            try:
+                handout.feed([await self._receive.receive()])
+                while True:  # whatever else is ready, without a checkpoint per item
                     handout.feed([self._receive.receive_nowait()])
-                except anyio.WouldBlock:
-                    break
+            except anyio.WouldBlock:
+                pass
+            except anyio.EndOfStream:
+                # The engine closes its end after its outcome; before it, only a bug can.
+                handout.feed_end()
         taken = handout.pop()
         if taken is None:
             raise anyio.EndOfStream
