@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,37 @@ def test_ranks_times_workers_read_every_row_exactly_once(
     rows = [i for r in even for i in r["rows"]]
     assert len(rows) == len(set(rows)), "even=True must drop, never duplicate"
     assert 97 - len(rows) == report["skipped-True"] == 97 % world_size
+
+
+def pickled_rank_main(
+    rank: int, world_size: int, port: int, ds: AsyncDataset, out: str, workers: int
+) -> None:
+    # ``ds`` was built and pickled in the launcher, before any process group existed.
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        context = "spawn" if workers else None
+        loader = DataLoader(ds, batch_size=2, num_workers=workers, multiprocessing_context=context)
+        rows = [int(i) for batch in loader for i in batch["index"].tolist()]
+        gathered: list[object] = [None] * world_size
+        dist.all_gather_object(gathered, {"rows": rows, "len": len(ds)})
+        if rank == 0:
+            Path(out).write_text(json.dumps(gathered))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_dataset_pickled_before_the_process_group_shards_by_rank(
+    make_pairs: Callable[[int], str], tmp_path: Path, workers: int
+) -> None:
+    """Defect 2: pickling fixed (rank, world_size) = (0, 1): every rank read every row."""
+    out = tmp_path / "report.json"
+    ds = AsyncDataset(make_pairs(10), columns=["masks"], return_index=True)
+    mp.spawn(pickled_rank_main, args=(2, free_port(), ds, str(out), workers), nprocs=2, join=True)
+    report = json.loads(out.read_text())
+    assert [r["len"] for r in report] == [5, 5]
+    assert sorted(i for r in report for i in r["rows"]) == list(range(10))
 
 
 def test_ddp_example_trains_an_epoch_under_torchrun(tmp_path: Path) -> None:
