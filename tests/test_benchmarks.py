@@ -113,7 +113,10 @@ def test_results_json_is_well_formed(quick_run: dict[str, Any]) -> None:
 
     for run in doc["runs"]:
         assert isinstance(run["clean_exit"], bool)
-        assert run["exit"] == "clean" or "exit" in run["exit"] or "status" in run["exit"]
+        if run["loader"].startswith("anyloader"):
+            # Peers' crashes and hangs at exit are findings; ours are failures.
+            assert run["exit"] == "clean", run
+            assert run["clean_exit"] is True
         assert run["ok"] is True or run["loader"] == "documented-async"
         if run["ok"]:
             assert math.isclose(run["samples_per_s"], run["samples"] / run["seconds"])
