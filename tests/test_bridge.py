@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import anyio
 import pytest
@@ -136,3 +137,26 @@ async def test_many_futures_complete_in_any_order() -> None:
         for i in reversed(range(50)):
             futures[i].set_result(i * i)
     assert got == {i: i * i for i in range(50)}
+
+
+class PollCountingFuture(FakeFuture):
+    """Completes at ``done_at``; counts how often it was asked."""
+
+    polls = 0
+
+    def is_completed(self) -> bool:
+        self.polls += 1
+        return super().is_completed()
+
+
+@pytest.mark.parametrize("shared_poller", [True, False])
+async def test_polling_backs_off_while_nothing_completes(shared_poller: bool) -> None:
+    # Backing off from 0.2 ms to 4 ms, 0.3 s of waiting costs about 80 polls; without
+    # the back-off (or with a 0.2 ms cap) it would be about 1,500.
+    future = PollCountingFuture(done_at=time.monotonic() + 0.3)
+    if shared_poller:
+        async with open_future_poller():
+            await wait_future(future)
+    else:
+        await wait_future(future)
+    assert 10 < future.polls < 200, future.polls
