@@ -193,8 +193,8 @@ class SimpleJpegDecoder:
             # its inverse; we cannot reproduce them, so deeplake decodes these rows.
             raise UnsupportedImage(f"{colorspace} JPEG: only deeplake reproduces its decode")
         if subsampling == "unknown":
-            # Decodable by libjpeg-turbo 3, but never seen next to deeplake's decoder:
-            # the identity guarantee is worth more than the rare speed-up.
+            # simplejpeg 1.9 already refuses these in the header parse; should a later
+            # version let them through, they were never compared with deeplake's decode.
             raise UnsupportedImage("JPEG with an unusual chroma subsampling")
         return ImageInfo(int(height), int(width), channels)
 
