@@ -483,3 +483,20 @@ def test_default_decode_threads_shares_usable_cpus_among_workers(
 def test_module_exports_what_it_defines() -> None:
     for name in _decode.__all__:
         assert hasattr(_decode, name), name
+
+
+def test_decode_benchmark_reports_every_decoder_and_exact_ones_match(tmp_path: Path) -> None:
+    from benchmarks import decode as bench
+
+    result = bench.measure(tmp_path, rows=2, repeats=1, png_rows=1)
+
+    for rows in result["jpeg"].values():
+        names = [r["decoder"] for r in rows]
+        assert names[0].startswith("deeplake get_async")
+        assert "anyloader decode_column_bytes(out=batch)" in names
+        assert "anyloader reduce=8 (1/8 DCT scale)" in names
+        for r in rows:
+            assert r["ms_per_image"] > 0
+            if r["identical_required"] and not r["decoder"].startswith("deeplake"):
+                assert r["max_diff"] == 0, r["decoder"]
+    assert "| simplejpeg (anyloader) |" in bench.markdown(result)

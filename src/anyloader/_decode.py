@@ -1,43 +1,45 @@
 """Decode deeplake's stored image bytes ourselves, with deeplake's pixels.
 
-deeplake decodes a 512x512 JPEG in its C++ core for about 3.6 ms of CPU; the same
-bytes (``Column.get_bytes(rows)``) decoded by libjpeg-turbo through simplejpeg cost
-about 0.5 ms and give the same pixels. This module is that decoding layer: a
-:class:`Decoder` protocol (so a GPU decoder can plug in later), the CPU JPEG decoder,
-:func:`decode_column_bytes` for one column of one fetch, and the small helpers an
-engine needs to use them (:func:`jpeg_columns`, :func:`dct_reduction`,
+deeplake decodes JPEG Image columns in its C++ core; the same bytes
+(``Column.get_bytes(rows)``) decoded by libjpeg-turbo through simplejpeg cost a
+third to a fifth of the CPU and give the same pixels. This module is that decoding
+layer: a :class:`Decoder` protocol (so a GPU decoder can plug in later), the CPU
+JPEG decoder, :func:`decode_column_bytes` for one column of one fetch, and the
+helpers an engine needs to use them (:func:`jpeg_columns`, :func:`dct_reduction`,
 :func:`default_decode_threads`). Nothing here owns threads: every function is
-stateless, thread-safe and does its work with the GIL released, so the engine can
-run it in its own epoch-owned pool.
+stateless, thread-safe and decodes with the GIL released, so the engine can run it
+in its own epoch-owned pool.
 
 Guarantee (``mode="exact"``): every array returned equals deeplake's own decode of
 the same bytes bit for bit: uint8, shape ``(H, W, C)``, grayscale as ``(H, W, 1)``.
 Bytes for which that cannot be promised are not guessed at: they are reported per
 row as a :class:`Fallback`, and the caller asks deeplake for those rows only.
 
-Why simplejpeg (measured on this 2-core machine, ``python -m benchmarks.decode``,
-CPU ms per image, medians; 512x512 synthetic / 512x512 photo crops):
-deeplake 3.3 / 3.7, simplejpeg 0.49 / 0.88, simplejpeg into a preallocated buffer
-0.43 / 0.81, imagecodecs 0.70 / 1.1 (0.43 / 0.81 with ``out=``), Pillow 1.6 / 2.2.
-Both libjpeg-turbo wrappers release the GIL (two threads decode 1.9x as many
-rows per second as one). simplejpeg wins on what matters beyond speed: its
-``strict`` mode raises on truncated or corrupt data, where imagecodecs returns
-an image that differs from deeplake's, and it exposes libjpeg's DCT scaling; its
-wheel is about 1 MB against imagecodecs' 40 MB of codecs we would not use.
+Why simplejpeg. ``python -m benchmarks.decode`` on this 2-core machine, CPU ms per
+512x512 image, medians of 7 passes (synthetic benchmark images / crops of a photo):
+deeplake ``get_async`` 2.2 / 2.4 (``column[i]`` 1.7 / 1.9); simplejpeg 0.81 / 1.03
+into fresh arrays, 0.46 / 0.68 into a preallocated batch (the fresh 768 KiB arrays
+cost their page faults); imagecodecs 0.85 / 1.08, 0.50 / 0.74 with ``out=``; Pillow
+1.0 / 1.6. All four give deeplake's pixels. simplejpeg and imagecodecs both release
+the GIL (1.8x the rows/s in 2 threads; Pillow 1.4x). simplejpeg wins on the rest:
+its ``strict`` mode raises on truncated or corrupt data, where imagecodecs returns
+an image that differs from deeplake's; it offers libjpeg's DCT scaling (1/2, 1/4,
+1/8: 0.39, 0.24, 0.19 ms on the synthetic set); its wheel is 0.4 MB against
+imagecodecs' 80 MB installed of codecs we would not use.
 
-Pixel identity: deeplake, simplejpeg and Pillow all run libjpeg-turbo with the
-accurate integer DCT and "fancy" (triangular) chroma upsampling; with those
-settings the outputs are identical for baseline and progressive JPEGs, every
-chroma subsampling (4:4:4, 4:2:2, 4:2:0, 4:4:0, 4:1:1), odd sizes down to 1x1,
-grayscale, Adobe RGB-coded JPEGs, and EXIF orientation tags (neither side rotates).
-``fastdct``/``fastupsample`` change pixels (up to 85 levels at 4:2:0) and stay off.
-Not identical, so reported for fallback: CMYK/YCCK JPEGs (deeplake returns 4 channels
-of its own making), 12-bit JPEGs (deeplake returns zeros; simplejpeg refuses them),
-truncated or corrupt data (deeplake may return zeros or raise; simplejpeg's strict
-mode raises), bytes that are not a JPEG, and unknown chroma subsampling.
+Pixel identity. deeplake's output equals libjpeg-turbo's with the accurate integer
+DCT and "fancy" (triangular) chroma upsampling, simplejpeg's and Pillow's defaults:
+identical for baseline and progressive JPEGs, every chroma subsampling (4:4:4,
+4:2:2, 4:2:0, 4:4:0, 4:1:1), odd sizes down to 1x1, grayscale, RGB-coded (Adobe)
+JPEGs and EXIF orientation tags (neither side rotates). ``fastdct`` and
+``fastupsample`` change pixels (by up to 101 levels) and stay off. Not reproduced,
+so reported for fallback: CMYK/YCCK JPEGs (deeplake returns 4 channels of its own
+making), 12-bit JPEGs (deeplake returns zeros, simplejpeg refuses them), truncated
+or corrupt data (deeplake returns zeros, simplejpeg's strict mode raises), bytes
+that are not a JPEG (deeplake returns None) and unknown chroma subsampling.
 
-PNG stays with deeplake: its decode measured 4.7 ms against Pillow's 5.3 ms per
-512x512 image, so there is nothing to win.
+PNG stays with deeplake: 4.9 / 5.3 ms per 512x512 image against Pillow's 5.3 / 6.5
+(identical pixels), so there is nothing to win.
 """
 
 from __future__ import annotations
