@@ -71,6 +71,7 @@ __all__ = [
     "decode_column_bytes",
     "default_decode_threads",
     "jpeg_columns",
+    "jpeg_decoder",
 ]
 
 DecodeMode = Literal["exact", "reduced"]
@@ -320,6 +321,11 @@ def dct_reduction(height: int, width: int, target_size: tuple[int, int]) -> Redu
 
 
 _DEFAULT_DECODER = SimpleJpegDecoder()
+
+
+def jpeg_decoder() -> Decoder:
+    """The CPU JPEG decoder :func:`decode_column_bytes` uses by default."""
+    return _DEFAULT_DECODER
 
 
 def decode_column_bytes(

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ._bridge import wait_future
+from ._decoding import current_decoding
 from ._retry import default_is_transient
 
 if TYPE_CHECKING:
@@ -79,6 +82,7 @@ class DeeplakeSource:
         self._ds = dataset
         self._columns = tuple(c.name for c in dataset.schema.columns)
         self._handles: dict[str, Any] = {}
+        self._jpeg: tuple[str, ...] | None = None
 
     @property
     def dataset(self) -> Any:
@@ -94,7 +98,7 @@ class DeeplakeSource:
 
     def __getstate__(self) -> dict[str, Any]:
         # Column handles are process-local; workers rebuild them on first use.
-        return {"_ds": self._ds, "_columns": self._columns, "_handles": {}}
+        return {"_ds": self._ds, "_columns": self._columns, "_handles": {}, "_jpeg": self._jpeg}
 
     def is_transient(self, exc: BaseException) -> bool:
         """Whether a retry may cure ``exc``: deeplake network/storage errors, timeouts, OSError."""
@@ -106,15 +110,81 @@ class DeeplakeSource:
             handle = self._handles[name] = self._ds[name]
         return handle
 
+    def _jpeg_columns(self) -> tuple[str, ...]:
+        if self._jpeg is None:
+            from ._decode import jpeg_columns
+
+            self._jpeg = jpeg_columns(self._ds)
+        return self._jpeg
+
     async def fetch(self, indices: Sequence[int], columns: Sequence[str]) -> Columns:
+        """One request per column, issued together; JPEG columns as bytes, decoded by us.
+
+        Inside an epoch whose ``decode`` is "auto", plain JPEG Image columns are
+        read as their stored bytes and decoded by libjpeg-turbo in the epoch's
+        decode threads, with deeplake's pixels (see anyloader._decode); rows it
+        cannot reproduce (CMYK, 12-bit, corrupt) are asked of deeplake, one by one.
+        Everything else, and everything outside an engine, deeplake decodes.
+        """
         rows = [int(i) for i in indices]
+        decoding = current_decoding()
+        ours: tuple[str, ...] = ()
+        if decoding is not None and decoding.settings.mode == "auto":
+            ours = tuple(c for c in columns if c in self._jpeg_columns())
         # Issue every column's request before waiting, so they overlap.
-        futures = [self._column(name).get_async(rows) for name in columns]
+        futures = [
+            self._column(name).get_bytes_async(rows)
+            if name in ours
+            else self._column(name).get_async(rows)
+            for name in columns
+        ]
         try:
-            return {name: await wait_future(f) for name, f in zip(columns, futures, strict=True)}
+            values = {name: await wait_future(f) for name, f in zip(columns, futures, strict=True)}
         finally:
             # Reached with futures pending only on error or cancellation: no
             # thread waits on them, so cancelling is safe.
             for f in futures:
                 if not f.is_completed():
                     f.cancel()
+        for name in ours:
+            assert decoding is not None
+            column, fallback = await decoding.run(
+                _decode_column, list(values[name]), decoding.settings.image_size
+            )
+            for row in fallback:  # what we cannot reproduce, deeplake decodes: per row
+                value = await wait_future(self._column(name).get_async([rows[row]]))
+                column[row] = value[0]
+            values[name] = column
+        return values
+
+
+def _decode_column(
+    blobs: list[bytes], image_size: tuple[int, int] | None
+) -> tuple[np.ndarray | list[Any], tuple[int, ...]]:
+    """Decode one column's bytes (in a decode thread); return its value and the rows left over.
+
+    The value is one stacked ``(N, H, W, C)`` array when every row decodes to one
+    shape, as deeplake returns such rows (in exact mode decoded straight into it,
+    sparing a copy per row), else a list with ``None`` at the rows left for deeplake.
+    """
+    from ._decode import UnsupportedImage, decode_column_bytes, jpeg_decoder
+
+    if image_size is not None:
+        decoded = decode_column_bytes(blobs, mode="reduced", target_size=image_size)
+    else:
+        try:
+            shapes = {jpeg_decoder().info(b) for b in blobs}
+        except (UnsupportedImage, TypeError):
+            shapes = set()  # decode_column_bytes reports (or raises for) these rows one by one
+        if len(shapes) == 1 and blobs:
+            ((height, width, channels),) = shapes
+            out = np.empty((len(blobs), height, width, channels), np.uint8)
+            decoded = decode_column_bytes(blobs, out=out)
+            if not decoded.fallback:
+                return out, ()
+        else:
+            decoded = decode_column_bytes(blobs)
+    arrays = decoded.arrays
+    if not decoded.fallback and arrays and len({a.shape for a in arrays if a is not None}) == 1:
+        return np.stack([a for a in arrays if a is not None]), ()
+    return list(arrays), decoded.fallback_rows

@@ -16,6 +16,7 @@ from typing import Any, TypedDict
 
 __all__ = [
     "BACKENDS",
+    "DECODERS",
     "LoaderOptions",
     "Options",
     "check_backend",
@@ -25,6 +26,7 @@ __all__ = [
 ]
 
 BACKENDS = ("asyncio", "trio")
+DECODERS = ("auto", "deeplake")
 
 
 def positive_int(name: str, value: object) -> int:
@@ -108,6 +110,23 @@ def _columns(name: str, value: object) -> tuple[str, ...] | None:
     return tuple(value)
 
 
+def _decoder(name: str, value: object) -> str:
+    if not isinstance(value, str) or value not in DECODERS:
+        error = ValueError if isinstance(value, str) else TypeError
+        raise error(f"{name} must be one of {DECODERS}, got {value!r}")
+    return value
+
+
+def _size_or_none(name: str, value: object) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be a (height, width) pair of ints or None, got {value!r}")
+    for side in value:
+        positive_int(name, side)
+    return int(value[0]), int(value[1])
+
+
 def _option(default: Any, check: Callable[[str, object], Any], kind: str, doc: str) -> Any:
     return field(default=default, metadata={"check": check, "kind": kind, "doc": doc})
 
@@ -159,6 +178,22 @@ class Options:
     batch_size: int | None = _option(
         None, _positive_int_or_none, "int >= 1 or None", "yield whole batches built with one copy"
     )
+    decode: str = _option(
+        "auto", _decoder, '"auto" or "deeplake"', "auto: JPEG columns by libjpeg-turbo, same pixels"
+    )
+    decode_threads: int | None = _option(
+        None, _positive_int_or_none, "int >= 1 or None", "decode threads (None: CPUs / workers)"
+    )
+    image_size: tuple[int, int] | None = _option(
+        None, _size_or_none, "(h, w) or None", "decode JPEGs at the smallest DCT scale >= this"
+    )
+
+    def __post_init__(self) -> None:
+        if self.image_size is not None and self.decode != "auto":
+            raise ValueError(
+                f"image_size={self.image_size!r} needs decode='auto' (deeplake decodes at full "
+                f"size), got decode={self.decode!r}"
+            )
 
     @classmethod
     def validate(cls, **given: object) -> Options:
@@ -201,6 +236,9 @@ class LoaderOptions(TypedDict, total=False):
     max_backoff: float
     retry_if: Callable[[BaseException], bool] | None
     batch_size: int | None
+    decode: str
+    decode_threads: int | None
+    image_size: tuple[int, int] | None
 
 
 def options_table() -> str:

@@ -30,6 +30,7 @@ import anyio
 
 from ._bridge import open_future_poller
 from ._chunk import Chunk, check_columns
+from ._decoding import DecodeSettings, open_decoding
 from ._retry import retrying
 
 if TYPE_CHECKING:
@@ -182,8 +183,13 @@ async def run_engine(
                 return
             deliver(seq, Chunk(positions, rows, {c: values[c] for c in columns}))
 
-    # One poller wakes every fetch waiting on a deeplake future (see anyloader._bridge).
-    async with open_future_poller(), anyio.create_task_group() as tg:
+    # One poller wakes every fetch waiting on a deeplake future (see anyloader._bridge);
+    # the decode pool is the epoch's, and is joined after every fetch has ended.
+    async with (
+        open_decoding(DecodeSettings.of(options)),
+        open_future_poller(),
+        anyio.create_task_group() as tg,
+    ):
         for _ in range(min(options.concurrency, max(1, -(-planned // fetch_size)))):
             tg.start_soon(fetcher, tg.cancel_scope)
     if not failed:

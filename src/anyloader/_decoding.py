@@ -1,0 +1,128 @@
+"""Decoding inside an epoch: its settings and the pool of threads the epoch owns.
+
+The engine opens one :class:`EpochDecoding` per epoch (:func:`open_decoding`);
+a source's ``fetch`` finds it with :func:`current_decoding` and runs decodes in
+its pool, so retries, timeouts and cancellation of the fetch cover the decode
+too, and decoding never runs on the event-loop thread. The pool's threads start
+on the first decode and are joined when the epoch ends, however it ends.
+
+A finished decode wakes its waiting task through the event loop's own
+thread-safe scheduling (``call_soon_threadsafe`` / ``TrioToken.run_sync_soon``):
+no polling, no blocking call into the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import anyio.lowlevel
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+    from concurrent.futures import Future
+
+    from ._options import Options
+
+__all__ = ["EpochDecoding", "current_decoding", "open_decoding"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """How an epoch decodes images: ``mode`` "auto" or "deeplake", threads, reduced size."""
+
+    mode: str = "auto"
+    threads: int | None = None
+    image_size: tuple[int, int] | None = None
+
+    @classmethod
+    def of(cls, options: Options) -> DecodeSettings:
+        return cls(options.decode, options.decode_threads, options.image_size)
+
+
+class EpochDecoding:
+    """One epoch's decode settings and thread pool.
+
+    Guarantee: after :meth:`close`, no decode of this epoch is running and the
+    pool's threads have ended. A decode whose waiting task is cancelled is
+    dropped if it has not started (and its result ignored if it has).
+    """
+
+    def __init__(self, settings: DecodeSettings) -> None:
+        self.settings = settings
+        self._pool: ThreadPoolExecutor | None = None
+        self._call_soon: Callable[..., object] | None = None
+        self._closed = False
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            from ._decode import default_decode_threads
+
+            token: Any = anyio.lowlevel.current_token().native_token
+            self._call_soon = getattr(token, "run_sync_soon", None) or token.call_soon_threadsafe
+            threads = self.settings.threads or default_decode_threads()
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="anyloader-decode")
+        return self._pool
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` in the epoch's pool; return its result.
+
+        Raises:
+            RuntimeError: the epoch is over (the pool is closed).
+            Exception: whatever ``fn`` raises.
+        """
+        if self._closed:
+            raise RuntimeError("this epoch's decode pool is closed")
+        done = anyio.Event()
+        future = self._executor().submit(fn, *args, **kwargs)
+        call_soon = self._call_soon
+        assert call_soon is not None
+
+        def wake(_: Future[T]) -> None:
+            # From a pool thread (or this one, if it is already done): never block the loop.
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                call_soon(done.set)
+
+        future.add_done_callback(wake)
+        try:
+            await done.wait()
+        except BaseException:
+            future.cancel()
+            raise
+        return future.result()
+
+    def close(self) -> None:
+        """Drop queued decodes, wait for running ones (one image each) and end the threads."""
+        self._closed = True
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+_current: contextvars.ContextVar[EpochDecoding | None] = contextvars.ContextVar(
+    "anyloader_decoding", default=None
+)
+
+
+def current_decoding() -> EpochDecoding | None:
+    """The decoding of the epoch this task runs in; None outside an engine (or after it)."""
+    decoding = _current.get()
+    return None if decoding is None or decoding._closed else decoding
+
+
+@asynccontextmanager
+async def open_decoding(settings: DecodeSettings) -> AsyncIterator[EpochDecoding]:
+    """Provide an :class:`EpochDecoding` to the tasks started in the body; close it at exit."""
+    decoding = EpochDecoding(settings)
+    token = _current.set(decoding)
+    try:
+        yield decoding
+    finally:
+        decoding.close()
+        _current.reset(token)
