@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anyloader import Shard, open_stream, shard_rows
+from anyloader._pipeline import RowBudget
 
 pytestmark = pytest.mark.anyio
 
@@ -179,3 +180,40 @@ async def zip_first(samples: Any, n: int) -> Any:
         i += 1
         if i == n:
             return
+
+
+async def test_row_budget_fills_exactly_and_serves_waiters_in_order() -> None:
+    budget = RowBudget(10)
+    await budget.take(6)
+    await budget.take(4)  # exactly full
+    granted: list[str] = []
+
+    async def wait(name: str, rows: int) -> None:
+        await budget.take(rows)
+        granted.append(name)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait, "first", 5)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(wait, "second", 1)  # would fit sooner, but waits its turn
+        await anyio.wait_all_tasks_blocked()
+        budget.give_back(4)  # 6 in use: 'first' (5) does not fit yet, so nobody goes
+        await anyio.wait_all_tasks_blocked()
+        assert granted == []
+        budget.give_back(1)  # 5 in use: 'first' fills the budget exactly, 'second' must wait
+        await anyio.wait_all_tasks_blocked()
+        assert granted == ["first"]
+        assert budget.in_use == 10
+        budget.give_back(1)
+    assert granted == ["first", "second"]
+    assert budget.in_use == 10
+
+
+async def test_a_cancelled_waiter_hands_its_grant_on() -> None:
+    budget = RowBudget(4)
+    await budget.take(4)
+    with anyio.move_on_after(0.01):
+        await budget.take(3)
+    budget.give_back(4)
+    assert budget.in_use == 0  # the cancelled waiter holds nothing
+    await budget.take(4)
