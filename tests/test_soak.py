@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EPOCHS = 6
+EPOCHS = 12
 ROWS = 400
 
 
@@ -54,12 +54,14 @@ def test_memory_stays_flat_over_epochs_with_faults(
     assert [r["rows"] for r in summary["records"]] == [ROWS] * EPOCHS
     assert summary["rss_drift"] <= 0.10
     assert summary["peak_rss_drift"] <= 0.10
-    # In absolute terms too: an epoch's rows are about 6.5 MiB here, so a leak of
-    # every fetched row adds about 26 MiB over epochs 2-6 (within 10% of ~290 MiB,
-    # which is why the relative check alone let it pass). Measured drift: <= 4 MiB.
+    # In absolute terms too, once warm: decode threads are new every epoch and glibc's
+    # per-thread malloc arenas settle over the first ~10 epochs (+12 MiB, then flat;
+    # MALLOC_ARENA_MAX=1 makes them flat from the start). An epoch's rows are about
+    # 6.5 MiB here, so a leak of every fetched row adds about 39 MiB over epochs 6-12
+    # (within 10% of ~300 MiB: the relative check alone let it pass).
     records = summary["records"]
     for key in ("rss_mib", "peak_rss_mib"):
-        assert records[-1][key] - records[1][key] <= 12, [r[key] for r in records]
+        assert records[-1][key] - records[5][key] <= 12, [r[key] for r in records]
     # Faults were injected, and each cost at least one retry (a timeout may add one).
     assert summary["faults_injected"] > 0
     assert summary["retries"] >= summary["faults_injected"]
