@@ -54,6 +54,7 @@ class EpochIterator:
         self._handout = Handout(config.options, shared=shared)
         self._progress = progress
         self._report = report
+        self._give_back_at = max(1, config.budget // 4)
         self._thread = LoopThread(backend, config, groups, planned, seed=seed)
         self._done = False
         close_at_exit(self)
@@ -72,8 +73,11 @@ class EpochIterator:
         handout, thread = self._handout, self._thread
         try:
             while handout.waiting:
-                thread.give_back(handout.handed)
-                handout.handed = 0
+                # Waking the loop costs a system call: give rows back in bulk, and
+                # always before waiting (the engine may be waiting for them).
+                if handout.handed >= self._give_back_at or thread.idle:
+                    thread.give_back(handout.handed)
+                    handout.handed = 0
                 handout.feed(thread.get())
             taken = handout.pop()
         except BaseException:

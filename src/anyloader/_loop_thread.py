@@ -100,6 +100,11 @@ class LoopThread:
             except queue.Empty:
                 return items
 
+    @property
+    def idle(self) -> bool:
+        """Nothing has been emitted that the consumer has not taken: :meth:`get` would wait."""
+        return self._items.empty()
+
     def _call(self, fn: Callable[..., object], *args: Any) -> bool:
         """Schedule ``fn(*args)`` on the loop; False if the loop has already finished."""
         self._started.wait()

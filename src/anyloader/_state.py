@@ -162,9 +162,11 @@ class IterationState:
 
     def deliver(self, number: int, progress: Progress) -> IterationState:
         """Iteration ``number`` has delivered ``progress``; an older iteration changes nothing."""
-        if self.latest is None or self.latest.number != number:
+        latest = self.latest
+        if latest is None or latest.number != number:
             return self
-        return replace(self, latest=replace(self.latest, progress=progress))
+        # Once per sample: plain constructors, not dataclasses.replace (3x slower).
+        return IterationState(self.dataset, self.resume, _Iteration(number, latest.shard, progress))
 
     def load(self, state: Mapping[str, Any]) -> IterationState:
         """A checkpoint from :meth:`saved`: the next iteration resumes from it.
