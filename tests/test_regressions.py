@@ -36,6 +36,20 @@ def rows(items: Any) -> list[int]:
     return [int(s["x"]) for s in items]
 
 
+class XSource:
+    """Column ``x`` holding the row number; subclasses decide how ``fetch`` misbehaves."""
+
+    def __init__(self, n: int) -> None:
+        self._inner = xs(n)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return ("x",)
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+
 def loop_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "anyloader"]
 
@@ -106,18 +120,11 @@ def test_3_unordered_resume_is_exact(backend: str) -> None:
 # 4. Silent truncation: an epoch ends normally only when every planned row arrived.
 
 
-class ForeignCancelSource:
+class ForeignCancelSource(XSource):
     """Fetching row 25 awaits a future that someone else cancelled (asyncio)."""
 
     def __init__(self) -> None:
-        self._inner = xs(100)
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return ("x",)
-
-    def __len__(self) -> int:
-        return 100
+        super().__init__(100)
 
     async def fetch(self, indices: Sequence[int], columns: Sequence[str]) -> Columns:
         if 25 in indices:
@@ -249,20 +256,13 @@ def test_7_a_forked_child_exits_cleanly_and_the_parent_goes_on(
 # 8. An unfinished iterator collected as cyclic garbage on its own loop thread leaked.
 
 
-class GcOnLoopSource:
+class GcOnLoopSource(XSource):
     """The fetch of row 8 waits for the test, then runs the garbage collector on the loop thread."""
 
     def __init__(self) -> None:
-        self._inner = xs(100)
+        super().__init__(100)
         self.gate = FakeFuture()
         self.collected_on: list[str] = []
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return ("x",)
-
-    def __len__(self) -> int:
-        return 100
 
     async def fetch(self, indices: Sequence[int], columns: Sequence[str]) -> Columns:
         if 8 in indices:
@@ -329,17 +329,10 @@ def test_9_set_epoch_after_a_load_wins_in_workers(backend: str) -> None:
 # 10. SystemExit and KeyboardInterrupt raised in a fetch were replaced.
 
 
-class RaisingSource:
+class RaisingSource(XSource):
     def __init__(self, error: BaseException) -> None:
-        self._inner = xs(40)
+        super().__init__(40)
         self.error = error
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return ("x",)
-
-    def __len__(self) -> int:
-        return 40
 
     async def fetch(self, indices: Sequence[int], columns: Sequence[str]) -> Columns:
         if 20 in indices:
@@ -437,16 +430,10 @@ def test_12_the_stream_has_no_private_chunk_api() -> None:
 # 13. Minor defects.
 
 
-class ReturnsSource:
+class ReturnsSource(XSource):
     def __init__(self, value: Any) -> None:
+        super().__init__(4)
         self.value = value
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return ("x",)
-
-    def __len__(self) -> int:
-        return 4
 
     async def fetch(self, indices: Sequence[int], columns: Sequence[str]) -> Any:
         return self.value(indices) if callable(self.value) else self.value

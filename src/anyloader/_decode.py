@@ -48,11 +48,13 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, cast, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 import simplejpeg
+
+from ._options import choice
 
 __all__ = [
     "DECODE_MODES",
@@ -277,11 +279,7 @@ def check_decode_mode(mode: object) -> DecodeMode:
         TypeError: if ``mode`` is not a string.
         ValueError: naming the bad value and the valid choices.
     """
-    if not isinstance(mode, str):
-        raise TypeError(f"mode must be one of {DECODE_MODES}, got {mode!r}")
-    if mode not in DECODE_MODES:
-        raise ValueError(f"mode must be one of {DECODE_MODES}, got {mode!r}")
-    return mode
+    return cast("DecodeMode", choice("mode", mode, DECODE_MODES))
 
 
 def check_size(size: object, name: str = "target_size") -> tuple[int, int]:

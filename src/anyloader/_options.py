@@ -20,6 +20,7 @@ __all__ = [
     "LoaderOptions",
     "Options",
     "check_backend",
+    "choice",
     "non_negative_int",
     "options_table",
     "positive_int",
@@ -57,18 +58,23 @@ def non_negative_int(name: str, value: object) -> int:
     return value
 
 
-def check_backend(backend: object) -> str:
-    """Return ``backend`` if it names a supported AnyIO backend.
+def choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``choices``.
 
     Raises:
-        TypeError: if ``backend`` is not a string.
+        TypeError: if ``value`` is not a string.
         ValueError: naming the bad value and the valid choices.
     """
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return backend
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {choices}, got {value!r}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_backend(backend: object) -> str:
+    """Return ``backend`` if it names a supported AnyIO backend (see :func:`choice`)."""
+    return choice("backend", backend, BACKENDS)
 
 
 def _bool(name: str, value: object) -> bool:
@@ -111,10 +117,7 @@ def _columns(name: str, value: object) -> tuple[str, ...] | None:
 
 
 def _decoder(name: str, value: object) -> str:
-    if not isinstance(value, str) or value not in DECODERS:
-        error = ValueError if isinstance(value, str) else TypeError
-        raise error(f"{name} must be one of {DECODERS}, got {value!r}")
-    return value
+    return choice(name, value, DECODERS)
 
 
 def _size_or_none(name: str, value: object) -> tuple[int, int] | None:
