@@ -160,7 +160,7 @@ def plot(
     import matplotlib.pyplot as plt
 
     stores = sorted({r["store"] for r in summary})
-    height = 1.2 + 0.32 * max(sum(1 for r in summary if r["store"] == s) for s in stores)
+    height = 2.4 + 0.32 * max(sum(1 for r in summary if r["store"] == s) for s in stores)
     fig, axes = plt.subplots(1, len(stores), figsize=(7.5 * len(stores), height), squeeze=False)
     for ax, store in zip(axes[0], stores, strict=True):
         mine = [r for r in summary if r["store"] == store]
@@ -194,20 +194,22 @@ def plot(
             ref = next((r for r in mine if r["family"] == family), None)
             if ref is None or not ref["samples_per_s"]:
                 continue
-            ax.axvline(ref["samples_per_s"], color=_color(family), linestyle=style, linewidth=1.5)
-            ax.text(
+            ax.axvline(
                 ref["samples_per_s"],
-                -0.9,
-                f"{family}\n{ref['samples_per_s']:.0f}",
                 color=_color(family),
-                fontsize=7,
-                ha="center",
-                va="bottom",
+                linestyle=style,
+                linewidth=1.5,
+                label=f"{family}: {ref['samples_per_s']:.0f}/s",
             )
+        ax.legend(
+            loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8, frameon=False
+        )
         ax.set_yticks(range(len(mine)), names, fontsize=8)
-        ax.set_ylim(len(mine) - 0.5, -1.9)
+        ax.invert_yaxis()
         ax.set_xlim(0, 1.25 * max([*medians, 1.0]))
-        ax.set_xlabel("samples/s (bar: median, dots: runs; outlined: best anyloader setting)")
+        ax.set_xlabel(
+            "samples/s (bar: median, dots: runs; outlined: best anyloader setting)", fontsize=9
+        )
         ax.set_title(f"store: {store}")
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title)
