@@ -202,11 +202,16 @@ def plot(
                 label=f"{family}: {ref['samples_per_s']:.0f}/s",
             )
         ax.legend(
-            loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8, frameon=False
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.75 / height),
+            ncol=3,
+            fontsize=8,
+            frameon=False,
         )
         ax.set_yticks(range(len(mine)), names, fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlim(0, 1.25 * max([*medians, 1.0]))
+        every = [x["samples_per_s"] for x in runs if x["store"] == store and x.get("ok")]
+        ax.set_xlim(0, 1.08 * max([*(1.15 * m for m in medians), *every, 1.0]))
         ax.set_xlabel(
             "samples/s (bar: median, dots: runs; outlined: best anyloader setting)", fontsize=9
         )
