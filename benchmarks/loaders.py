@@ -3,7 +3,7 @@
 A :class:`LoaderSpec` names one configuration; :func:`batches` runs it over an
 open deeplake dataset. Every loader yields batches of ``batch_size`` samples
 through ``torch.utils.data.DataLoader`` (default collate, ``shuffle=False``)
-except the ceiling, which has no loader and yields rows as fetched, and
+except the ceilings, which have no loader and yield rows as fetched, and
 anyloader's batch mode, which builds its batches itself.
 Closing the generator closes the DataLoader iterator, which joins its workers,
 so their CPU time is counted by the run that spawned them.
@@ -15,15 +15,18 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["FAMILIES", "PEERS", "LoaderSpec", "batches", "default_specs"]
+__all__ = ["CEILINGS", "FAMILIES", "PEERS", "LoaderSpec", "batches", "default_specs"]
 
 FAMILIES = (
     "sequential",
     "documented-async",
     "deeplake-pytorch",
     "anyloader",
-    "ceiling",
+    "ceiling-deeplake",
+    "ceiling-bytes",
 )
+#: The no-loader references; the report keeps each family's best setting.
+CEILINGS = ("ceiling-deeplake", "ceiling-bytes")
 #: The documented alternatives anyloader has to beat ("best peer").
 PEERS = ("documented-async", "deeplake-pytorch")
 COLUMNS = ["images", "masks"]
@@ -40,6 +43,23 @@ class LoaderSpec:
     fetch_size: int = 0
     inflight: int = 0
     batched: bool = False
+    #: anyloader's ``decode`` option ("" = its default, "auto").
+    decode: str = ""
+    #: anyloader's ``concurrency`` (0 = its default).
+    concurrency: int = 0
+
+    def anyloader_options(self, batch_size: int) -> dict[str, Any]:
+        """The ``AsyncDataset`` keyword arguments this spec sets (defaults left out)."""
+        options: dict[str, Any] = {"backend": self.backend}
+        if self.batched:
+            options["batch_size"] = batch_size
+        if self.fetch_size:
+            options["fetch_size"] = self.fetch_size
+        if self.concurrency:
+            options["concurrency"] = self.concurrency
+        if self.decode:
+            options["decode"] = self.decode
+        return options
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,18 +69,34 @@ class LoaderSpec:
         return cls(**data)
 
 
+#: Batch-mode settings: (name suffix, fetch_size, concurrency, decode); 0/"" = default.
+BATCHED = (
+    ("", 0, 0, ""),
+    ("-f8x16", 8, 16, ""),
+    ("-f32x8", 32, 8, ""),
+    ("-deeplake", 0, 0, "deeplake"),
+)
+
+
 def default_specs(
     pytorch_workers: Iterable[int] = (0, 2, 4),
-    anyloader_workers: Iterable[int] = (0, 2),
+    anyloader_workers: Iterable[int] = (0,),
     backends: Iterable[str] = ("asyncio", "trio"),
-    ceiling: Iterable[tuple[int, int]] = ((1, 64), (8, 8)),
-    batched: bool = True,
+    ceiling_deeplake: Iterable[tuple[int, int]] = ((1, 64), (8, 8)),
+    ceiling_bytes: Iterable[tuple[int, int]] = ((8, 16), (16, 8), (32, 4)),
+    batched: Iterable[tuple[str, int, int, str]] = BATCHED,
+    deeplake_decode_backends: Iterable[str] = ("asyncio",),
 ) -> list[LoaderSpec]:
-    """The issue-3 line-up; ``ceiling`` lists ``(fetch_size, inflight)`` settings.
+    """The line-up; the ceilings list ``(fetch_size, inflight)`` settings.
 
-    With ``batched``, anyloader also runs in its batch mode
-    (``AsyncDataset(batch_size=32)`` under ``DataLoader(batch_size=None)``).
+    anyloader runs per sample (``DataLoader(AsyncDataset(...), batch_size=32)``)
+    and in batch mode (``AsyncDataset(batch_size=32)`` under
+    ``DataLoader(batch_size=None)``) with each ``batched`` setting: default
+    options, more rows per fetch, and ``decode="deeplake"`` (the latter only on
+    ``deeplake_decode_backends``, it is there for comparison).
     """
+    backends = tuple(backends)
+    anyloader_workers = tuple(anyloader_workers)
     specs = [
         LoaderSpec("sequential", "sequential"),
         LoaderSpec("documented-async", "documented-async"),
@@ -73,16 +109,29 @@ def default_specs(
         for b in backends
         for w in anyloader_workers
     ]
-    if batched:
+    for suffix, fetch_size, concurrency, decode in batched:
+        on = tuple(deeplake_decode_backends) if decode == "deeplake" else backends
         specs += [
             LoaderSpec(
-                f"anyloader-batched-{b}-w{w}", "anyloader", workers=w, backend=b, batched=True
+                f"anyloader-batched{suffix}-{b}-w{w}",
+                "anyloader",
+                workers=w,
+                backend=b,
+                batched=True,
+                fetch_size=fetch_size,
+                concurrency=concurrency,
+                decode=decode,
             )
-            for b in backends
+            for b in on
             for w in anyloader_workers
         ]
     specs += [
-        LoaderSpec(f"ceiling-f{f}x{n}", "ceiling", fetch_size=f, inflight=n) for f, n in ceiling
+        LoaderSpec(f"ceiling-deeplake-f{f}x{n}", "ceiling-deeplake", fetch_size=f, inflight=n)
+        for f, n in ceiling_deeplake
+    ]
+    specs += [
+        LoaderSpec(f"ceiling-bytes-f{f}x{n}", "ceiling-bytes", fetch_size=f, inflight=n)
+        for f, n in ceiling_bytes
     ]
     return specs
 
@@ -124,13 +173,16 @@ def batches(spec: LoaderSpec, ds: Any, batch_size: int) -> Iterator[int]:
         import anyloader
 
         source = anyloader.DeeplakeSource(ds)
-        if spec.batched:
-            batched = anyloader.AsyncDataset(source, backend=spec.backend, batch_size=batch_size)
-            return _collated(batched, None, spec.workers)
-        dataset = anyloader.AsyncDataset(source, backend=spec.backend)
-        return _collated(dataset, batch_size, spec.workers)
-    if spec.family == "ceiling":
-        from .ceiling import ceiling_rows
+        dataset = anyloader.AsyncDataset(source, **spec.anyloader_options(batch_size))
+        # batch_size=None: batch mode yields whole batches itself.
+        return _collated(dataset, None if spec.batched else batch_size, spec.workers)
+    if spec.family == "ceiling-deeplake":
+        from .ceiling import deeplake_ceiling_rows
 
-        return ceiling_rows(ds, COLUMNS, spec.fetch_size, spec.inflight)
+        return deeplake_ceiling_rows(ds, COLUMNS, spec.fetch_size, spec.inflight)
+    if spec.family == "ceiling-bytes":
+        from .ceiling import bytes_ceiling_rows
+
+        image, *others = COLUMNS
+        return bytes_ceiling_rows(ds, image, others, spec.fetch_size, spec.inflight)
     raise ValueError(f"unknown loader family {spec.family!r}; known: {FAMILIES}")

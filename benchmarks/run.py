@@ -11,7 +11,9 @@ serves a copy from a local moto S3 server with ``latency-ms`` per GET, then
 runs each loader for one epoch (batch size 32) on each store, ``repeats``
 times, rotating the loader order every repeat. It writes ``results.json``,
 ``results.md`` and ``results.png`` to ``--out`` and prints the table of
-medians. Finally it measures the pure engine overhead on an in-memory source.
+medians. Finally it measures the pure engine overhead on an in-memory source
+and, unless ``--no-decode-micro``, runs the decode microbenchmark
+(``benchmarks.decode``) whose tables join the report.
 The S3 server and every worker process are stopped before it returns, also
 on Ctrl-C.
 """
@@ -22,6 +24,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +33,7 @@ from typing import Any
 from tqdm import tqdm
 
 from . import datasets, report, s3_server
-from .loaders import LoaderSpec, default_specs
+from .loaders import CEILINGS, LoaderSpec, default_specs
 from .machine import describe
 from .runner import PACKAGE_ROOT, child_env, run_in_subprocess
 
@@ -40,7 +43,7 @@ BATCH_SIZE = 32
 DEFAULT_OUT = PACKAGE_ROOT / "benchmarks" / "results"
 DEFAULT_CACHE = PACKAGE_ROOT / "benchmarks" / "results" / "cache"
 STORES = ("local", "s3")
-MUST_SUCCEED = ("anyloader", "sequential", "ceiling")
+MUST_SUCCEED = ("anyloader", "sequential", *CEILINGS)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -64,6 +67,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--stores", default=",".join(STORES), help="comma-separated: local,s3")
     parser.add_argument(
         "--micro-rows", type=int, help="rows of the overhead microbenchmark (0: skip)"
+    )
+    parser.add_argument(
+        "--no-decode-micro",
+        dest="decode_micro",
+        action="store_false",
+        help="skip the decode microbenchmark (default: run it; 16 images in --quick)",
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per run")
     parser.add_argument(
@@ -93,11 +102,18 @@ def select_specs(quick: bool, names: str | None) -> list[LoaderSpec]:
     Raises:
         ValueError: a name matches no loader name or family.
     """
-    specs = default_specs(pytorch_workers=(0, 2), ceiling=((1, 64),)) if quick else default_specs()
+    specs = (
+        default_specs(pytorch_workers=(0, 2), ceiling_deeplake=((1, 64),), ceiling_bytes=((8, 16),))
+        if quick
+        else default_specs()
+    )
     if not names:
         return specs
     wanted = [n.strip() for n in names.split(",") if n.strip()]
-    everything = default_specs()
+    # "ceiling" names both ceiling families.
+    wanted = [w for n in wanted for w in (CEILINGS if n == "ceiling" else (n,))]
+    # Selectable by name though not run by default: anyloader in 2 DataLoader workers.
+    everything = default_specs(anyloader_workers=(0, 2))
     chosen: list[LoaderSpec] = []
     for name in wanted:
         matches = [s for s in everything if name in (s.name, s.family)]
@@ -131,6 +147,25 @@ def run_micro(rows: int, repeats: int) -> list[dict[str, Any]]:
         cmd, capture_output=True, text=True, env=child_env(), cwd=PACKAGE_ROOT, check=True
     )
     return list(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def run_decode_micro(cache_dir: Path, quick: bool) -> dict[str, Any] | None:
+    """``benchmarks.decode``'s tables, in its own process like every other run."""
+    rows, repeats = (16, 3) if quick else (64, 7)
+    cmd = [sys.executable, "-m", "benchmarks.decode", f"--rows={rows}", f"--repeats={repeats}"]
+    cmd += ["--png-rows=0" if quick else "--png-rows=16", f"--cache-dir={cache_dir}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "decode.json"
+        subprocess.run(
+            [*cmd, f"--json={out}"],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            cwd=PACKAGE_ROOT,
+            check=True,
+        )
+        result: dict[str, Any] = json.loads(out.read_text())
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -175,8 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result.setdefault("loader", spec.name)
                 result.setdefault("family", spec.family)
                 result.setdefault("store", store_name)
-                runs.append({**result, "repeat": repeat})
+                runs.append({**result, "repeat": repeat, "spec": spec.to_json()})
     micro = run_micro(args.micro_rows, args.repeats)
+    print("decode microbenchmark ...", file=sys.stderr)
+    decode_micro = run_decode_micro(args.cache_dir, args.quick) if args.decode_micro else None
 
     settings = {
         "rows": args.rows,
@@ -189,7 +226,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "loaders": [s.name for s in specs],
         "wall_s": round(time.time() - started, 1),
     }
-    document = {"settings": settings, "machine": machine, "runs": runs, "micro": micro}
+    document = {
+        "settings": settings,
+        "machine": machine,
+        "runs": runs,
+        "micro": micro,
+        "decode_micro": decode_micro,
+    }
     markdown = report.write_all(out, document)
     print(markdown)
     failed = [r for r in runs if not r.get("ok")]
