@@ -177,3 +177,42 @@ def test_bad_decode_options_fail_at_construction(
 ) -> None:
     with pytest.raises(error, match=text.replace("(", r"\(").replace(")", r"\)")):
         AsyncDataset(pairs_url, **options)
+
+
+@pytest.mark.parametrize(("ordered", "in_place"), [(True, True), (False, False)])
+def test_ordered_batches_are_decoded_straight_into_the_batch_tensor(
+    make_pairs: Callable[[int], str],
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+    ordered: bool,
+    in_place: bool,
+) -> None:
+    from anyloader import _slabs
+
+    taken: list[bool] = []
+    real_take = _slabs.BatchSlabs.take
+
+    def spy(self: _slabs.BatchSlabs, column: str, batch: int) -> Any:
+        tensor = real_take(self, column, batch)
+        if column == "images":
+            taken.append(tensor is not None)
+        return tensor
+
+    monkeypatch.setattr(_slabs.BatchSlabs, "take", spy)
+    url = make_pairs(29)
+    ours = AsyncDataset(url, backend=backend, batch_size=8, ordered=ordered, return_index=True)
+    got = {int(i): img for b in ours for i, img in zip(b["index"], b["images"], strict=True)}
+    # 4 batches (8, 8, 8, 5), each taken whole from the tensor its fetches decoded into.
+    assert taken == ([True] * 4 if in_place else [])
+    theirs = AsyncDataset(url, backend=backend, return_index=True, decode="deeplake")
+    assert all(np.array_equal(got[int(s["index"])], s["images"]) for s in theirs)
+
+
+def test_a_batch_with_a_fallback_row_is_copied_and_correct(tmp_path: Path, backend: str) -> None:
+    rng = np.random.default_rng(7)
+    good = [simplejpeg.encode_jpeg(_image(rng, 24, 40, 3), quality=85) for _ in range(5)]
+    values = [*good[:2], _twelve_bit_header(good[2]), *good[3:]]  # row 2: deeplake decodes it
+    ds = _jpeg_dataset(tmp_path / "ds", values)
+    (batch,) = list(AsyncDataset(ds, backend=backend, batch_size=5, fetch_size=5))
+    for row in range(5):
+        np.testing.assert_array_equal(batch["img"][row].numpy(), ds["img"][row])

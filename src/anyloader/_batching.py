@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
     from ._chunk import Chunk
+    from ._slabs import BatchSlabs
 
-__all__ = ["BatchBuilder"]
+__all__ = ["BatchBuilder", "empty_tensor"]
 
 _NUMERIC = frozenset("biufc")  # bool, int, uint, float, complex: what a tensor holds
 
@@ -30,7 +31,8 @@ def _torch_dtype(dtype: np.dtype[Any]) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
 
 
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+def empty_tensor(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """An uninitialised tensor; in shared memory when ``shared`` (inside DataLoader workers)."""
     if not shared:
         return torch.empty(shape, dtype=dtype)
     # In a DataLoader worker the batch crosses to the main process through
@@ -62,7 +64,7 @@ def _as_tensor(
     shared: bool,
 ) -> torch.Tensor:
     dtype, row_shape = form
-    out = _empty((rows, *row_shape), _torch_dtype(dtype), shared)
+    out = empty_tensor((rows, *row_shape), _torch_dtype(dtype), shared)
     view = out.numpy()
     at = 0
     for part in parts:
@@ -97,8 +99,17 @@ class BatchBuilder:
         TypeError: from :meth:`add`/:meth:`finish`, naming the column that changed form.
     """
 
-    def __init__(self, batch_size: int, *, return_index: bool, shared: bool) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        *,
+        return_index: bool,
+        shared: bool,
+        slabs: BatchSlabs | None = None,
+    ) -> None:
         self.batch_size = batch_size
+        self.slabs = slabs  # batch tensors fetches decoded into in place (ordered mode)
+        self._batches = 0  # batches cut so far: the next one's index in the plan
         self.return_index = return_index
         self.shared = shared
         self._chunks: list[Chunk] = []
@@ -119,6 +130,7 @@ class BatchBuilder:
             yield self._take(self._rows)
 
     def _column(self, name: str, parts: Sequence[Any], rows: int) -> Any:
+        filled = None if self.slabs is None else self.slabs.take(name, self._batches)
         form = _form(parts)
         if name not in self._forms:
             self._forms[name] = form
@@ -132,6 +144,8 @@ class BatchBuilder:
                 f"{decided[1]}, and a later batch has {got}. Give the column one dtype and "
                 "shape (a transform in per-sample mode can resize), or use per-sample mode."
             )
+        if filled is not None:
+            return filled  # decoded straight into this batch's tensor: no copy
         return _as_tensor(parts, rows, decided, self.shared)
 
     def _take(self, rows: int) -> tuple[dict[str, Any], np.ndarray]:
@@ -152,6 +166,7 @@ class BatchBuilder:
             name: self._column(name, [c.values[name][a:b] for c, a, b in pieces], rows)
             for name in pieces[0][0].values
         }
+        self._batches += 1
         if self.return_index:
             batch["index"] = torch.from_numpy(
                 np.concatenate([c.indices[a:b] for c, a, b in pieces])

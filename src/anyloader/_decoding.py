@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
     from ._options import Options
+    from ._slabs import BatchSlabs
 
 __all__ = ["EpochDecoding", "current_decoding", "open_decoding"]
 
@@ -58,8 +59,9 @@ class EpochDecoding:
     dropped if it has not started (and its result ignored if it has).
     """
 
-    def __init__(self, settings: DecodeSettings) -> None:
+    def __init__(self, settings: DecodeSettings, slabs: BatchSlabs | None = None) -> None:
         self.settings = settings
+        self.slabs = slabs  # batch tensors to decode into, in ordered batch mode
         self._pool: ThreadPoolExecutor | None = None
         self._call_soon: Callable[..., object] | None = None
         self._closed = False
@@ -145,9 +147,11 @@ def current_decoding() -> EpochDecoding | None:
 
 
 @asynccontextmanager
-async def open_decoding(settings: DecodeSettings) -> AsyncIterator[EpochDecoding]:
+async def open_decoding(
+    settings: DecodeSettings, slabs: BatchSlabs | None = None
+) -> AsyncIterator[EpochDecoding]:
     """Provide an :class:`EpochDecoding` to the tasks started in the body; close it at exit."""
-    decoding = EpochDecoding(settings)
+    decoding = EpochDecoding(settings, slabs)
     token = _current.set(decoding)
     try:
         yield decoding

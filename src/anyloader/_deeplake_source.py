@@ -9,9 +9,10 @@ import numpy as np
 from ._bridge import wait_future
 from ._decoding import current_decoding
 from ._retry import default_is_transient
+from ._slabs import current_first_index
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from ._source import Columns
 
@@ -146,26 +147,46 @@ class DeeplakeSource:
             for f in futures:
                 if not f.is_completed():
                     f.cancel()
+        first, slabs = current_first_index(), None if decoding is None else decoding.slabs
         for name in ours:
             assert decoding is not None
-            column, fallback = await decoding.run(
-                _decode_column, list(values[name]), decoding.settings.image_size
+            into = None
+            if slabs is not None and first is not None:
+                into = slabs.destination(name, first, len(rows))
+            column, fallback, in_place = await decoding.run(
+                _decode_column, list(values[name]), decoding.settings.image_size, into
             )
             for row in fallback:  # what we cannot reproduce, deeplake decodes: per row
                 value = await wait_future(self._column(name).get_async([rows[row]]))
                 column[row] = value[0]
+            if fallback:
+                column = _stacked_if_uniform(column)
+            if in_place and slabs is not None and first is not None:
+                slabs.filled(name, first, len(rows))
             values[name] = column
         return values
 
 
+def _stacked_if_uniform(column: np.ndarray | list[Any]) -> np.ndarray | list[Any]:
+    """Rows of one shape and dtype as one array, as deeplake returns them; else as they are."""
+    arrays = isinstance(column, list) and all(isinstance(a, np.ndarray) for a in column)
+    if arrays and column and len({(a.shape, a.dtype) for a in column}) == 1:
+        return np.stack(column)
+    return column
+
+
 def _decode_column(
-    blobs: list[bytes], image_size: tuple[int, int] | None
-) -> tuple[np.ndarray | list[Any], tuple[int, ...]]:
-    """Decode one column's bytes (in a decode thread); return its value and the rows left over.
+    blobs: list[bytes],
+    image_size: tuple[int, int] | None,
+    into: Callable[[tuple[int, int, int]], np.ndarray | None] | None = None,
+) -> tuple[np.ndarray | list[Any], tuple[int, ...], bool]:
+    """Decode one column's bytes (in a decode thread): its value, rows left over, in place?
 
     The value is one stacked ``(N, H, W, C)`` array when every row decodes to one
     shape, as deeplake returns such rows (in exact mode decoded straight into it,
-    sparing a copy per row), else a list with ``None`` at the rows left for deeplake.
+    sparing a copy per row: into the batch tensor that ``into`` gives for that
+    shape, if any), else a list with ``None`` at the rows left for deeplake. The
+    flag is true when every row went into ``into``'s array.
     """
     from ._decode import UnsupportedImage, decode_column_bytes, jpeg_decoder
 
@@ -178,13 +199,16 @@ def _decode_column(
             shapes = set()  # decode_column_bytes reports (or raises for) these rows one by one
         if len(shapes) == 1 and blobs:
             ((height, width, channels),) = shapes
-            out = np.empty((len(blobs), height, width, channels), np.uint8)
+            slab = None if into is None else into((height, width, channels))
+            out = (
+                np.empty((len(blobs), height, width, channels), np.uint8) if slab is None else slab
+            )
             decoded = decode_column_bytes(blobs, out=out)
             if not decoded.fallback:
-                return out, ()
+                return out, (), slab is not None
         else:
             decoded = decode_column_bytes(blobs)
     arrays = decoded.arrays
     if not decoded.fallback and arrays and len({a.shape for a in arrays if a is not None}) == 1:
-        return np.stack([a for a in arrays if a is not None]), ()
-    return list(arrays), decoded.fallback_rows
+        return np.stack([a for a in arrays if a is not None]), (), False
+    return list(arrays), decoded.fallback_rows, False

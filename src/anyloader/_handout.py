@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from ._options import Options
     from ._pipeline import Item
+    from ._slabs import BatchSlabs
 
 __all__ = ["EpochIncomplete", "Handout"]
 
@@ -40,13 +41,15 @@ class Handout:
             (which would otherwise end the consumer's loop silently).
     """
 
-    def __init__(self, options: Options, *, shared: bool) -> None:
+    def __init__(self, options: Options, *, shared: bool, slabs: BatchSlabs | None = None) -> None:
         self._transform = options.transform
         self._return_index = options.return_index
         self._builder = (
             None
             if options.batch_size is None
-            else BatchBuilder(options.batch_size, return_index=options.return_index, shared=shared)
+            else BatchBuilder(
+                options.batch_size, return_index=options.return_index, shared=shared, slabs=slabs
+            )
         )
         self._chunks: deque[Chunk] = deque()  # received, not yet cut into samples or batches
         self._ready: deque[tuple[Any, Any]] = deque()  # (sample or batch, positions)
@@ -120,6 +123,15 @@ class Handout:
                     f"transform raised {type(exc).__name__}; that would end the epoch silently"
                 ) from exc
         return value, positions
+
+
+def batch_slabs(options: Options, planned: int, *, shared: bool) -> BatchSlabs | None:
+    """Batch tensors for fetches to decode into: ordered batch mode only (the plan fixes slots)."""
+    from ._slabs import BatchSlabs
+
+    if options.batch_size is None or not options.ordered:
+        return None
+    return BatchSlabs(options.batch_size, planned, shared=shared)
 
 
 def positions_of(positions: Any) -> list[int]:

@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ._exit import close_at_exit
-from ._handout import Handout, positions_of
+from ._handout import Handout, batch_slabs, positions_of
 from ._loop_thread import LoopThread
 
 if TYPE_CHECKING:
@@ -51,11 +51,12 @@ class EpochIterator:
     ) -> None:
         self._pid = os.getpid()
         self._done = True  # until the loop thread exists: __del__ has nothing to close
-        self._handout = Handout(config.options, shared=shared)
+        slabs = batch_slabs(config.options, planned, shared=shared)
+        self._handout = Handout(config.options, shared=shared, slabs=slabs)
         self._progress = progress
         self._report = report
         self._give_back_at = max(1, config.budget // 4)
-        self._thread = LoopThread(backend, config, groups, planned, seed=seed)
+        self._thread = LoopThread(backend, config, groups, planned, seed=seed, slabs=slabs)
         self._done = False
         close_at_exit(self)
 

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from ._config import LoaderConfig
     from ._pipeline import Item
+    from ._slabs import BatchSlabs
 
 __all__ = ["LoopThread"]
 
@@ -61,6 +62,7 @@ class LoopThread:
         planned: int,
         *,
         seed: int,
+        slabs: BatchSlabs | None = None,
     ) -> None:
         self._items: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self._pid = os.getpid()
@@ -76,7 +78,9 @@ class LoopThread:
             self._call_soon = getattr(token, "run_sync_soon", None) or token.call_soon_threadsafe
             with anyio.CancelScope() as self._scope:
                 self._started.set()
-                await run_engine(config, groups, planned, self._budget, self._items.put, seed=seed)
+                await run_engine(
+                    config, groups, planned, self._budget, self._items.put, seed=seed, slabs=slabs
+                )
 
         def run() -> None:
             try:

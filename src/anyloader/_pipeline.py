@@ -32,6 +32,7 @@ from ._bridge import open_future_poller
 from ._chunk import Chunk, check_columns
 from ._decoding import DecodeSettings, open_decoding
 from ._retry import retrying
+from ._slabs import first_index
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from ._config import LoaderConfig
+    from ._slabs import BatchSlabs
 
 __all__ = ["Complete", "Failed", "Item", "RowBudget", "run_engine"]
 
@@ -120,6 +122,7 @@ async def run_engine(
     emit: Callable[[Item], object],
     *,
     seed: int,
+    slabs: BatchSlabs | None = None,
 ) -> None:
     """Fetch every group of ``groups``; ``emit`` each chunk, then exactly one outcome.
 
@@ -163,6 +166,8 @@ async def run_engine(
             if len(rows) < fetch_size:
                 budget.give_back(fetch_size - len(rows))
             indices = rows.tolist()
+            # Where this group starts in the plan: a source may decode into its batch.
+            first_index.set(seq * fetch_size)
 
             async def attempt(indices: list[int] = indices) -> Any:
                 return await source.fetch(indices, columns)
@@ -186,7 +191,7 @@ async def run_engine(
     # One poller wakes every fetch waiting on a deeplake future (see anyloader._bridge);
     # the decode pool is the epoch's, and is joined after every fetch has ended.
     async with (
-        open_decoding(DecodeSettings.of(options)),
+        open_decoding(DecodeSettings.of(options), slabs),
         open_future_poller(),
         anyio.create_task_group() as tg,
     ):

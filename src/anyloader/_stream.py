@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._config import LoaderConfig
-from ._handout import Handout
+from ._handout import Handout, batch_slabs
 from ._options import Options, non_negative_int
 from ._pipeline import Item, RowBudget, run_engine
 from ._plan import Shard, plan_groups, shard_rows
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from ._options import LoaderOptions
+    from ._slabs import BatchSlabs
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -129,7 +130,8 @@ async def open_stream(
     budget = RowBudget(config.budget)
     # Chunks in flight hold at least a row of budget each, plus the outcome: never full.
     send, receive = anyio.create_memory_object_stream[Item](config.budget + 1)
-    stream = SampleStream(receive, budget, Handout(o, shared=False))
+    slabs = batch_slabs(o, len(positions), shared=False)
+    stream = SampleStream(receive, budget, Handout(o, shared=False, slabs=slabs))
     body_error: BaseException | None = None
     try:
         async with anyio.create_task_group() as tg:
@@ -141,6 +143,7 @@ async def open_stream(
                 budget,
                 send,
                 hash((o.seed, epoch, shard)),
+                slabs,
             )
             try:
                 with receive:
@@ -167,6 +170,7 @@ async def _run(
     budget: RowBudget,
     send: MemoryObjectSendStream[Item],
     seed: int,
+    slabs: BatchSlabs | None,
 ) -> None:
     def emit(item: Item) -> None:
         # Broken: the block has exited, nobody reads this epoch, and it is being cancelled.
@@ -174,4 +178,4 @@ async def _run(
             send.send_nowait(item)
 
     with send:
-        await run_engine(config, groups, planned, budget, emit, seed=seed)
+        await run_engine(config, groups, planned, budget, emit, seed=seed, slabs=slabs)

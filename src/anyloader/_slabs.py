@@ -1,0 +1,108 @@
+"""Batch tensors that fetches decode into directly, so batch mode copies images no more.
+
+In ordered batch mode the plan fixes where every row lands: the row at index
+``i`` of the epoch's remaining plan is row ``i % B`` of batch ``i // B``. A fetch
+that decodes a JPEG column asks :class:`BatchSlabs` for the rows of that batch
+tensor it covers and decodes straight into them (in shared memory inside
+DataLoader workers); once every row of a batch's column arrived that way, the
+batch builder takes the tensor as it is instead of copying into a new one.
+
+Anything that does not fit (a group across two batches, a row of another shape,
+rows deeplake decoded elsewhere) simply does not use the slab, and the batch
+builder copies as before: the slab is an optimisation, never a second truth.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from ._batching import empty_tensor
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import numpy as np
+
+__all__ = ["BatchSlabs", "current_first_index", "first_index"]
+
+# The plan index of the first row of the group the current task fetches.
+first_index: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "anyloader_first_index", default=None
+)
+
+
+def current_first_index() -> int | None:
+    """Where the group this task fetches starts in the epoch's plan (None: unknown)."""
+    return first_index.get()
+
+
+@dataclass
+class _Slab:
+    tensor: torch.Tensor
+    filled: set[int] = field(default_factory=set)  # rows written in place, by offset
+
+
+class BatchSlabs:
+    """Per-column batch tensors for the batches of one epoch, filled by fetches in place.
+
+    Guarantee: :meth:`take` returns a tensor only if every one of its rows was
+    written through :meth:`destination` and then confirmed with :meth:`filled`.
+    Thread-safe: fetches decode in pool threads while the consumer takes batches.
+    """
+
+    def __init__(self, batch_size: int, planned: int, *, shared: bool) -> None:
+        self.batch_size = batch_size
+        self.planned = planned
+        self.shared = shared
+        self._slabs: dict[tuple[str, int], _Slab] = {}
+        self._lock = threading.Lock()
+
+    def _rows_in(self, batch: int) -> int:
+        return min(self.batch_size, self.planned - batch * self.batch_size)
+
+    def destination(
+        self, column: str, first: int, rows: int
+    ) -> Callable[[tuple[int, int, int]], np.ndarray | None]:
+        """For rows ``[first, first + rows)`` of ``column``: a function from row shape to a view.
+
+        The function returns the ``(rows, H, W, C)`` view of the batch tensor those
+        rows belong to, allocating it for that shape; or None when the rows span
+        two batches or the batch's tensor has another row shape.
+        """
+
+        def view(shape: tuple[int, int, int]) -> np.ndarray | None:
+            batch, offset = divmod(first, self.batch_size)
+            if offset + rows > self._rows_in(batch):
+                return None
+            with self._lock:
+                slab = self._slabs.get((column, batch))
+                if slab is None:
+                    tensor = empty_tensor((self._rows_in(batch), *shape), torch.uint8, self.shared)
+                    slab = self._slabs[column, batch] = _Slab(tensor)
+            array = slab.tensor.numpy()
+            if array.shape[1:] != shape:
+                return None
+            return array[offset : offset + rows]
+
+        return view
+
+    def filled(self, column: str, first: int, rows: int) -> None:
+        """Rows ``[first, first + rows)`` of ``column`` now hold their values, in place."""
+        batch, offset = divmod(first, self.batch_size)
+        with self._lock:
+            slab = self._slabs.get((column, batch))
+            if slab is not None:
+                slab.filled.update(range(offset, offset + rows))
+
+    def take(self, column: str, batch: int) -> torch.Tensor | None:
+        """Batch ``batch``'s tensor of ``column`` if every row was filled in place; forget it."""
+        with self._lock:
+            slab = self._slabs.pop((column, batch), None)
+        if slab is None or len(slab.filled) != self._rows_in(batch):
+            return None
+        return slab.tensor
