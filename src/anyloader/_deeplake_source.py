@@ -169,8 +169,12 @@ class DeeplakeSource:
 
 def _stacked_if_uniform(column: np.ndarray | list[Any]) -> np.ndarray | list[Any]:
     """Rows of one shape and dtype as one array, as deeplake returns them; else as they are."""
-    arrays = isinstance(column, list) and all(isinstance(a, np.ndarray) for a in column)
-    if arrays and column and len({(a.shape, a.dtype) for a in column}) == 1:
+    if not isinstance(column, list) or not column:
+        return column
+    if (
+        all(isinstance(a, np.ndarray) for a in column)
+        and len({(a.shape, a.dtype) for a in column}) == 1
+    ):
         return np.stack(column)
     return column
 
