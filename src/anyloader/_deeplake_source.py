@@ -22,8 +22,8 @@ __all__ = ["DeeplakeSource", "is_deeplake_dataset"]
 def is_deeplake_dataset(obj: object) -> bool:
     """Whether ``obj`` reads like a deeplake dataset or view: a schema, a length, columns by name.
 
-    deeplake has many view classes (query results, row ranges, index lists,
-    filters); what the loader needs is what they share, not their names.
+    What the loader needs is a schema and columns by name, not a class name.
+    (deeplake 4.7's row-range slices, ``ds[10:60]``, have no schema and are refused.)
     """
     schema = getattr(obj, "schema", None)
     return (
@@ -51,7 +51,7 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
 class DeeplakeSource:
     """Rows of a deeplake dataset, one ``Column.get_async(indices)`` per column per fetch.
 
-    Accepts an open dataset or any view of one (query, slice, index list) or a URL,
+    Accepts an open dataset, a query view of one, or a URL,
     which is opened read-only now, so a bad URL fails here and not in a worker.
     Pickles as deeplake's small dataset handle, so DataLoader workers reopen it
     cheaply (use ``file://`` or remote URLs: ``mem://`` arrives empty).
