@@ -216,3 +216,18 @@ def test_a_batch_with_a_fallback_row_is_copied_and_correct(tmp_path: Path, backe
     (batch,) = list(AsyncDataset(ds, backend=backend, batch_size=5, fetch_size=5))
     for row in range(5):
         np.testing.assert_array_equal(batch["img"][row].numpy(), ds["img"][row])
+
+
+def test_a_query_view_is_a_source_and_a_row_range_slice_is_refused(
+    make_pairs: Callable[[int], str], backend: str
+) -> None:
+    import deeplake
+
+    from anyloader._synthetic import read_row_id
+
+    ds = deeplake.open_read_only(make_pairs(29))
+    view = ds.query("SELECT * WHERE ROW_NUMBER() >= 20")
+    got = sorted(read_row_id(s["images"]) for s in AsyncDataset(view, backend=backend))
+    assert got == list(range(20, 29))  # the view's rows, decoded by us (the default)
+    with pytest.raises(TypeError, match="RowRangeView"):
+        AsyncDataset(ds[10:20], backend=backend)
