@@ -11,16 +11,38 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from typing import Any
 
+import deeplake
+import numpy as np
 import torch
 import torch.distributed as dist
+from deeplake import types
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 import anyloader
-from anyloader._demo import demo_dataset
+
+
+def example_dataset(rows: int, size: int) -> str:
+    """An image/mask dataset made with deeplake's own API (built once, then reused)."""
+    root = os.environ.get("ANYLOADER_CACHE") or tempfile.gettempdir()
+    path = os.path.join(root, f"ddp-example-{rows}x{size}")
+    if not os.path.exists(path):
+        ds = deeplake.create(f"file://{path}")
+        ds.add_column("images", types.Image(types.UInt8(), sample_compression="jpeg"))
+        ds.add_column("masks", types.BinaryMask(sample_compression="lz4"))
+        rng = np.random.default_rng(0)
+        yy, xx = np.mgrid[0:size, 0:size] / size
+        for _ in range(rows):
+            cy, cx, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.1, 0.3)
+            mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+            image = np.where(mask[..., None], rng.uniform(150, 255, 3), rng.uniform(0, 100, 3))
+            ds.append({"images": [image.astype(np.uint8)], "masks": [mask[..., None]]})
+        ds.commit()
+    return f"file://{path}"
 
 
 def to_tensors(sample: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,9 +64,9 @@ def main() -> None:
     dist.init_process_group("gloo")  # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR/PORT
     rank = dist.get_rank()
     if rank == 0 and args.url is None:
-        demo_dataset(args.rows, args.size)  # built once, before the others look
+        example_dataset(args.rows, args.size)  # built once, before the others look
     dist.barrier()
-    url = args.url or demo_dataset(args.rows, args.size)
+    url = args.url or example_dataset(args.rows, args.size)
 
     data = anyloader.AsyncDataset(
         url,

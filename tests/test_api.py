@@ -42,3 +42,9 @@ def test_async_dataset_keeps_source_columns_backend_positional() -> None:
     assert [p.name for p in params[:3]] == ["source", "columns", "backend"]
     assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params[:3])
     assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in params[3:])
+
+
+def test_examples_use_only_the_public_api() -> None:
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    for example in examples.glob("*.py"):
+        assert "anyloader._" not in example.read_text(), f"{example.name} imports a private module"
