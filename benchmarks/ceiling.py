@@ -17,24 +17,21 @@ the best setting of each:
 
 from __future__ import annotations
 
-import os
+import itertools
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["bytes_ceiling_rows", "ceiling_rows", "deeplake_ceiling_rows", "usable_cpus"]
+__all__ = ["bytes_ceiling_rows", "ceiling_rows", "deeplake_ceiling_rows"]
 
 # deeplake has no completion callback: poll, as briefly as the OS allows.
 _POLL_S = 0.0002
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (``sched_getaffinity``; ``cpu_count`` elsewhere)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+def _row_groups(total: int, fetch_size: int) -> Iterator[list[int]]:
+    """Rows ``0..total`` in consecutive groups of ``fetch_size`` (the last may be short)."""
+    return (list(range(s, min(total, s + fetch_size))) for s in range(0, total, fetch_size))
 
 
 def deeplake_ceiling_rows(
@@ -46,18 +43,13 @@ def deeplake_ceiling_rows(
         Exception: the first error a fetch raised (``Future.result()``).
     """
     handles = [ds[name] for name in columns]
-    total = len(ds)
-    starts = iter(range(0, total, fetch_size))
+    groups = _row_groups(len(ds), fetch_size)
     pending: list[tuple[int, list[Any]]] = []
-    exhausted = False
-    while pending or not exhausted:
-        while not exhausted and len(pending) < inflight:
-            start = next(starts, None)
-            if start is None:
-                exhausted = True
-                break
-            rows = list(range(start, min(total, start + fetch_size)))
+    while True:
+        for rows in itertools.islice(groups, inflight - len(pending)):
             pending.append((len(rows), [h.get_async(rows) for h in handles]))
+        if not pending:
+            return
         done = [p for p in pending if all(f.is_completed() for f in p[1])]
         if not done:
             time.sleep(_POLL_S)
@@ -93,32 +85,27 @@ def bytes_ceiling_rows(
     ``inflight`` groups are outstanding at any stage (reading or decoding); a
     group completes when its images are decoded and its other columns fetched.
     Yields the row count of each completed group. The decode pool has
-    :func:`usable_cpus` threads and is joined before the generator ends.
+    :func:`anyloader._decode.usable_cpus` threads and is joined before the generator ends.
 
     Raises:
         RuntimeError: a row needs deeplake's decoder (the benchmark's images never do).
         Exception: the first error a fetch or decode raised.
     """
-    from anyloader._decode import decode_column_bytes
+    from anyloader._decode import decode_column_bytes, usable_cpus
 
     column = ds[image]
     handles = [ds[name] for name in others]
-    total = len(ds)
-    starts = iter(range(0, total, fetch_size))
+    groups = _row_groups(len(ds), fetch_size)
     pending: list[_Group] = []
-    exhausted = False
     with ThreadPoolExecutor(usable_cpus(), thread_name_prefix="ceiling-decode") as pool:
-        while pending or not exhausted:
-            while not exhausted and len(pending) < inflight:
-                start = next(starts, None)
-                if start is None:
-                    exhausted = True
-                    break
-                rows = list(range(start, min(total, start + fetch_size)))
-                group = _Group(
-                    len(rows), column.get_bytes_async(rows), [h.get_async(rows) for h in handles]
+        while True:
+            for rows in itertools.islice(groups, inflight - len(pending)):
+                bytes_future = column.get_bytes_async(rows)
+                pending.append(
+                    _Group(len(rows), bytes_future, [h.get_async(rows) for h in handles])
                 )
-                pending.append(group)
+            if not pending:
+                return
             progressed = False
             for group in pending:
                 if group.decoded is None and group.bytes_future.is_completed():

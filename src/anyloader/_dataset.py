@@ -92,7 +92,7 @@ class AsyncDataset(IterableDataset[Any]):
         """The epoch the next iteration reads, as far as this process knows."""
         schedule, resume = self._schedule.value, self._state.resume
         if resume is not None and not schedule.chosen:
-            return resume.epoch
+            return resume.progress.epoch
         return schedule.next_epoch
 
     def set_epoch(self, epoch: int) -> None:
@@ -175,7 +175,7 @@ class AsyncDataset(IterableDataset[Any]):
         epoch = self._schedule.start(
             token=token,
             num_workers=shard.num_workers,
-            resume_epoch=None if resume is None else resume.epoch,
+            resume_epoch=None if resume is None else resume.progress.epoch,
         )
         o = self.config.options
         rows = shard_rows(

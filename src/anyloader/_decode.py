@@ -74,6 +74,7 @@ __all__ = [
     "default_decode_threads",
     "jpeg_columns",
     "jpeg_decoder",
+    "usable_cpus",
 ]
 
 DecodeMode = Literal["exact", "reduced"]
@@ -432,7 +433,8 @@ def jpeg_columns(dataset: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _usable_cpus() -> int:
+def usable_cpus() -> int:
+    """CPUs this process may run on (``sched_getaffinity``; every CPU where there is none)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux: no affinity, count every CPU
@@ -450,4 +452,4 @@ def default_decode_threads() -> int:
 
     info = torch.utils.data.get_worker_info()
     workers = info.num_workers if info is not None else 1
-    return max(1, _usable_cpus() // max(1, workers))
+    return max(1, usable_cpus() // max(1, workers))

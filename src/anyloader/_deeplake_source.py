@@ -9,7 +9,7 @@ import numpy as np
 from ._bridge import wait_future
 from ._decoding import current_decoding
 from ._retry import default_is_transient
-from ._slabs import current_first_index
+from ._slabs import first_index
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -147,7 +147,7 @@ class DeeplakeSource:
             for f in futures:
                 if not f.is_completed():
                     f.cancel()
-        first, slabs = current_first_index(), None if decoding is None else decoding.slabs
+        first, slabs = first_index.get(), None if decoding is None else decoding.slabs
         for name in ours:
             assert decoding is not None
             into = None

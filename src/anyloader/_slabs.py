@@ -28,17 +28,13 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-__all__ = ["BatchSlabs", "current_first_index", "first_index"]
+__all__ = ["BatchSlabs", "first_index"]
 
-# The plan index of the first row of the group the current task fetches.
+# Where the group the current task fetches starts in the epoch's plan (None: unknown).
+# The engine sets it per group; a fetcher is a task of its own, so the value is its own.
 first_index: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "anyloader_first_index", default=None
 )
-
-
-def current_first_index() -> int | None:
-    """Where the group this task fetches starts in the epoch's plan (None: unknown)."""
-    return first_index.get()
 
 
 @dataclass

@@ -104,17 +104,11 @@ class _Iteration:
 
 @dataclass(frozen=True)
 class _Resume:
+    """A loaded checkpoint. It resumes its own epoch: one taken after the epoch's
+    last item resumes it with nothing left, and the iteration after reads the next."""
+
     shard: Shard | None  # None: nothing delivered, any layout may resume
     progress: Progress
-
-    @property
-    def epoch(self) -> int:
-        """The epoch an iteration resuming from this reads: the checkpoint's own.
-
-        A checkpoint taken after an epoch's last item resumes that epoch with
-        nothing left; the iteration after it reads the next epoch.
-        """
-        return self.progress.epoch
 
 
 def _shard_text(shard: Shard) -> str:
