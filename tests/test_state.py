@@ -40,7 +40,7 @@ def test_progress_records_exactly_what_was_delivered_and_stays_compact(
 
 
 def state_after(positions: list[int], shard: Shard | None = None) -> IterationState:
-    state, progress = IterationState(DATASET).start(shard or Shard(), epoch=2, length=50)
+    state, progress, _ = IterationState(DATASET).start(shard or Shard(), epoch=2)
     assert state.latest is not None
     return state.deliver(state.latest.number, progress.deliver(positions))
 
@@ -50,7 +50,7 @@ def test_saved_state_round_trips_through_json_and_load() -> None:
     saved = json.loads(json.dumps(state.saved(next_epoch=3, chosen=False)))
     assert (saved["epoch"], saved["position"], saved["delivered"]) == (2, 3, [7])
     loaded = IterationState(DATASET).load(saved)
-    resumed, progress = loaded.start(Shard(), epoch=2, length=50)
+    resumed, progress, _ = loaded.start(Shard(), epoch=2)
     assert list(progress.remaining()) == [3, 4, 5, 6, *range(8, 50)]
     assert resumed.resume is None  # used once
 
@@ -59,7 +59,7 @@ def test_an_older_iteration_does_not_move_the_state() -> None:
     state = state_after([0])
     old = state.latest
     assert old is not None
-    newer, _ = state.start(Shard(), epoch=3, length=50)
+    newer, _, _ = state.start(Shard(), epoch=3)
     assert newer.deliver(old.number, Progress(2, 50, mark=40)) == newer
 
 
@@ -72,7 +72,7 @@ def test_another_shard_layout_is_refused_when_the_iteration_starts() -> None:
     saved = state_after([0, 1], Shard(rank=0, world_size=2)).saved(next_epoch=3, chosen=False)
     loaded = IterationState(DATASET).load(saved)
     with pytest.raises(StateError, match=r"rank 0 of 2.*rank 1 of 2"):
-        loaded.start(Shard(rank=1, world_size=2), epoch=2, length=25)
+        loaded.start(Shard(rank=1, world_size=2), epoch=2)
     # Another epoch means set_epoch chose anew: the checkpoint is dropped, not refused.
-    _, progress = loaded.start(Shard(rank=1, world_size=2), epoch=4, length=25)
+    _, progress, _ = loaded.start(Shard(rank=1, world_size=2), epoch=4)
     assert progress.delivered == 0

@@ -10,7 +10,7 @@ from ._config import LoaderConfig
 from ._epochs import SharedSchedule
 from ._iterator import EpochIterator
 from ._options import Options, check_backend, non_negative_int
-from ._plan import plan_groups, rank_length, shard_rows
+from ._plan import plan_groups, rank_length
 from ._rank import Ranks, check_rank, current_shard
 from ._state import Dataset, IterationState
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from typing import Unpack  # annotations only: never imported at run time
 
     from ._options import LoaderOptions
+    from ._plan import Rest
     from ._state import Progress
 
 __all__ = ["AsyncDataset"]
@@ -81,8 +82,7 @@ class AsyncDataset(IterableDataset[Any]):
         self.config = LoaderConfig.build(source, Options.validate(columns=columns, **options))
         self._ranks = Ranks(rank, world_size)
         self._schedule = SharedSchedule()
-        o = self.config.options
-        self._state = IterationState(Dataset(len(self.config.source), o.seed, o.shuffle, o.even))
+        self._state = IterationState(Dataset.of(len(self.config.source), self.config.options))
         # Iterations of this copy: a persistent DataLoader worker's tell its
         # DataLoader iterations apart (see anyloader._epochs).
         self._iterations = 0
@@ -178,10 +178,7 @@ class AsyncDataset(IterableDataset[Any]):
             resume_epoch=None if resume is None else resume.progress.epoch,
         )
         o = self.config.options
-        rows = shard_rows(
-            len(self.config.source), shard, seed=o.seed, epoch=epoch, shuffle=o.shuffle, even=o.even
-        )
-        self._state, progress = self._state.start(shard, epoch, len(rows))
+        self._state, progress, plan = self._state.start(shard, epoch)
         assert self._state.latest is not None
         number = self._state.latest.number
 
@@ -192,7 +189,7 @@ class AsyncDataset(IterableDataset[Any]):
         return EpochIterator(
             self.backend,
             self.config,
-            plan_groups(rows, remaining, o.fetch_size),
+            plan_groups(plan, remaining, o.fetch_size),
             progress,
             report,
             planned=len(remaining),

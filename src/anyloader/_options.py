@@ -153,6 +153,15 @@ class Options:
     fetch_size: int = _option(1, positive_int, "int >= 1", "rows per fetch request")
     shuffle: bool = _option(False, _bool, "bool", "seeded shuffle, a new order every epoch")
     seed: int = _option(0, non_negative_int, "int >= 0", "the shuffle's seed")
+    shuffle_block_size: int | None = _option(
+        None,
+        _positive_int_or_none,
+        "int >= 1 or None",
+        "locality-aware shuffle: move blocks of this many consecutive rows (None: single rows)",
+    )
+    shuffle_window: int = _option(
+        4, positive_int, "int >= 1", "with shuffle_block_size: blocks whose rows mix together"
+    )
     ordered: bool = _option(
         True, _bool, "bool", "True: plan order, reproducible; False: as fetches complete"
     )
@@ -192,6 +201,11 @@ class Options:
     )
 
     def __post_init__(self) -> None:
+        if self.shuffle_block_size is not None and not self.shuffle:
+            raise ValueError(
+                f"shuffle_block_size={self.shuffle_block_size!r} shapes a shuffle: it needs "
+                "shuffle=True"
+            )
         if self.image_size is not None and self.decode != "auto":
             raise ValueError(
                 f"image_size={self.image_size!r} needs decode='auto' (deeplake decodes at full "
@@ -229,6 +243,8 @@ class LoaderOptions(TypedDict, total=False):
     fetch_size: int
     shuffle: bool
     seed: int
+    shuffle_block_size: int | None
+    shuffle_window: int
     ordered: bool
     transform: Callable[[Any], Any] | None
     return_index: bool

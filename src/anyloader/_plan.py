@@ -3,19 +3,50 @@
 Everything here is a pure function of its arguments: no I/O, no clocks, no
 globals. Exactly-once lives here, so this is the module the property tests
 hammer hardest.
+
+Nothing grows with the dataset. An epoch is a *sequence* of positions, mapped
+to rows by an :class:`~anyloader._order.Order`; a shard is every
+``world_size``-th position of its rank, every ``num_workers``-th of those for
+its worker, so a shard's ``i``-th row is arithmetic on ``i``. Rows are
+computed a slab at a time as the fetchers ask for them.
+
+Elastic resume adds :class:`Cut`\\ s: a layout (world size, workers per rank,
+batch size) took some steps from the sequence, and what it left, in sequence
+order, is the next sequence. Which positions a layout has taken after ``t``
+lockstep steps is arithmetic too (see :class:`Cut`), so a resumed plan is a
+chain of constant-size maps, however large the epoch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+from ._order import Order, epoch_order
 
-__all__ = ["Shard", "plan_epoch", "plan_groups", "shard_rows"]
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from numpy.typing import NDArray
+
+__all__ = [
+    "Cut",
+    "Rest",
+    "Shard",
+    "ShardPlan",
+    "plan_epoch",
+    "plan_groups",
+    "rank_length",
+    "shard_rows",
+    "usable_rows",
+]
+
+# Positions whose rows are computed together: big enough to amortise the
+# vectorised order, small enough to be nothing next to the fetches.
+_SLAB = 4096
 
 
 @dataclass(frozen=True)
@@ -46,21 +77,6 @@ class Shard:
             raise ValueError(f"worker_id must be in [0, {self.num_workers}), got {self.worker_id}")
 
 
-def epoch_order(num_rows: int, *, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-    """Return the global row order of one epoch, a permutation of ``range(num_rows)``.
-
-    The order depends only on ``(num_rows, seed, epoch, shuffle)``; every rank
-    computes the same one, which is what makes the shards disjoint.
-
-    Raises:
-        ValueError: if ``seed`` or ``epoch`` is negative.
-    """
-    if not shuffle:
-        return np.arange(num_rows, dtype=np.int64)
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch])))
-    return rng.permutation(num_rows).astype(np.int64, copy=False)
-
-
 def usable_rows(num_rows: int, world_size: int, *, even: bool) -> int:
     """Rows an epoch covers: all of them, or with ``even`` a multiple of ``world_size``.
 
@@ -71,6 +87,282 @@ def usable_rows(num_rows: int, world_size: int, *, even: bool) -> int:
     return num_rows - num_rows % world_size if even else num_rows
 
 
+def rank_length(num_rows: int, rank: int, world_size: int, *, even: bool = False) -> int:
+    """Return how many rows ``rank`` yields per epoch, all its workers together."""
+    return len(range(rank, usable_rows(num_rows, world_size, even=even), world_size))
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A layout that took ``steps`` batches on every rank from a sequence.
+
+    ``world_size`` ranks, each with ``num_workers`` DataLoader workers that
+    yield batches of ``batch_size`` rows of their shard (the last one short).
+    A DataLoader takes batches from its workers in turn, skipping those that
+    are done; worker batch counts differ by at most one and never increase
+    with the worker id, so step ``s`` of a rank is batch ``s // num_workers``
+    of worker ``s % num_workers``. After ``steps`` steps, worker ``k`` has
+    delivered its first ``batch_size * c_k`` rows, where ``c_k`` counts the
+    steps below ``steps`` that are ``k`` modulo ``num_workers``.
+    """
+
+    world_size: int
+    num_workers: int
+    batch_size: int
+    steps: int
+
+    def __post_init__(self) -> None:
+        for name in ("world_size", "num_workers", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"steps must be an int >= 0, got {self.steps!r}")
+
+    def taken(self, worker: int) -> int:
+        """Rows worker ``worker`` of each rank has delivered (if it had that many)."""
+        q, s = divmod(self.steps, self.num_workers)
+        return self.batch_size * (q + (worker < s))
+
+    def as_list(self) -> list[int]:
+        return [self.world_size, self.num_workers, self.batch_size, self.steps]
+
+
+@dataclass(frozen=True)
+class Rest:
+    """What is left of an epoch: the sequence after ``cuts``, minus what ``taken`` took.
+
+    ``taken`` is set when the layout resuming is the one that stopped: each
+    worker then continues its own shard, in the order the DataLoader would have
+    used, instead of the rest being dealt out anew.
+    """
+
+    cuts: tuple[Cut, ...] = ()
+    taken: Cut | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-serialisable: ``{"cuts": [[W, K, B, steps], ...], "taken": [...] | None}``."""
+        return {
+            "cuts": [cut.as_list() for cut in self.cuts],
+            "taken": None if self.taken is None else self.taken.as_list(),
+        }
+
+    @classmethod
+    def parse(cls, saved: object) -> Rest:
+        """The inverse of :meth:`as_dict` (``None``: nothing taken).
+
+        Raises:
+            ValueError: not of that form (the message shows it).
+        """
+        if saved is None:
+            return cls()
+        try:
+            if not isinstance(saved, Mapping):
+                raise TypeError("not a mapping")
+            cuts = tuple(Cut(*cut) for cut in saved["cuts"])
+            taken = saved["taken"]
+            return cls(cuts, None if taken is None else Cut(*taken))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"rest must be {{'cuts': [[world_size, num_workers, batch_size, steps], ...], "
+                f"'taken': [...] or None}}, got {saved!r} ({exc})"
+            ) from None
+
+
+@dataclass(frozen=True)
+class _Remainder:
+    """Maps the positions a cut left (in order) to positions of the sequence it cut.
+
+    In positions of the cut sequence, worker ``k`` of rank ``r`` reads
+    ``r + W * (k + K * i)``; with ``t = q * K + s`` steps taken, positions
+    below ``P1 = W*K*B*q`` are all delivered, those at or above
+    ``P2 = P1 + W*K*B`` all remain, and between them a position remains when
+    its offset in its period of ``W*K`` is at least ``W * s``.
+    """
+
+    period: int
+    skip: int
+    p1: int
+    p2: int
+    count2: int
+    length: int
+
+    @classmethod
+    def of(cls, cut: Cut, length: int, even: bool) -> _Remainder:
+        usable = usable_rows(length, cut.world_size, even=even)
+        period = cut.world_size * cut.num_workers
+        q, s = divmod(cut.steps, cut.num_workers)
+        p1 = period * cut.batch_size * q
+        p2 = p1 + period * cut.batch_size
+        skip = cut.world_size * s
+        end2 = min(p2, usable)
+        count2 = 0
+        if end2 > p1:
+            full, part = divmod(end2 - p1, period)
+            count2 = full * (period - skip) + max(0, part - skip)
+        return cls(period, skip, p1, p2, count2, count2 + max(0, usable - p2))
+
+    def parent(self, j: NDArray[np.int64]) -> NDArray[np.int64]:
+        per = self.period - self.skip
+        in_part = self.p1 + (j // per) * self.period + self.skip + j % per
+        return np.where(j < self.count2, in_part, self.p2 + (j - self.count2))
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """The rows one shard reads in one epoch, computed on demand.
+
+    ``rows(i)`` is the row the shard reads ``i``-th. Over all shards of one
+    layout the plans partition the rest of the epoch: every row once, none
+    twice, shard sizes within one row of each other (zero across ranks with
+    ``even``).
+    """
+
+    order: Order
+    remainders: tuple[_Remainder, ...]  # last cut first
+    shard: Shard
+    worker: int  # the shard of the layout this worker continues (rotated by `taken`)
+    first: int  # shard index of this plan's first row
+    length: int
+
+    def rows(self, positions: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The rows at these shard positions (each in ``[0, length)``)."""
+        s = self.shard
+        i = np.asarray(positions, dtype=np.int64) + self.first
+        seq = s.rank + s.world_size * (self.worker + s.num_workers * i)
+        for remainder in self.remainders:
+            seq = remainder.parent(seq)
+        return self.order.rows(seq)
+
+    def all_rows(self) -> NDArray[np.int64]:
+        """Every row of the shard, materialised: for tests and small datasets."""
+        return self.rows(np.arange(self.length, dtype=np.int64))
+
+
+def rest_length(num_rows: int, cuts: tuple[Cut, ...], *, even: bool) -> int:
+    """Length of the sequence left after ``cuts``."""
+    length = num_rows
+    for cut in cuts:
+        length = _Remainder.of(cut, length, even).length
+    return length
+
+
+def shard_plan(order: Order, shard: Shard, rest: Rest = Rest(), *, even: bool = False) -> ShardPlan:
+    """The plan of ``shard`` over what ``rest`` leaves of the epoch ``order``.
+
+    Raises:
+        ValueError: ``rest.taken`` was taken by another world size or number of workers.
+    """
+    length, remainders = order.size, []
+    for cut in rest.cuts:
+        remainder = _Remainder.of(cut, length, even)
+        remainders.append(remainder)
+        length = remainder.length
+    worker, first = shard.worker_id, 0
+    taken = rest.taken
+    if taken is not None:
+        if (taken.world_size, taken.num_workers) != (shard.world_size, shard.num_workers):
+            raise ValueError(
+                f"steps were taken with world_size={taken.world_size}, "
+                f"num_workers={taken.num_workers}; this shard is of world_size="
+                f"{shard.world_size}, num_workers={shard.num_workers}"
+            )
+        # The DataLoader starts its round robin at worker 0; the stopped one
+        # would have gone on at worker `steps % K`: worker 0 continues that one.
+        worker = (shard.worker_id + taken.steps) % shard.num_workers
+        first = taken.taken(worker)
+    rank_rows = rank_length(length, shard.rank, shard.world_size, even=even)
+    worker_rows = len(range(worker, rank_rows, shard.num_workers))
+    return ShardPlan(
+        order,
+        tuple(reversed(remainders)),
+        shard,
+        worker,
+        min(first, worker_rows),
+        max(0, worker_rows - first),
+    )
+
+
+def rank_steps(
+    order_size: int, rest: Rest, world_size: int, num_workers: int, batch_size: int, *, even: bool
+) -> list[int]:
+    """Batches each rank yields over what ``rest`` leaves, in the given layout."""
+    from ._order import Sequential
+
+    order = Sequential(order_size)
+    return [
+        sum(
+            -(
+                -shard_plan(order, Shard(r, world_size, k, num_workers), rest, even=even).length
+                // batch_size
+            )
+            for k in range(num_workers)
+        )
+        for r in range(world_size)
+    ]
+
+
+def plan_groups(
+    plan: ShardPlan, positions: range | Positions, fetch_size: int
+) -> Iterator[tuple[NDArray[np.int64], NDArray[np.int64]]]:
+    """Yield ``(positions, rows)`` in groups of ``fetch_size``, lazily, in order.
+
+    ``positions`` index the shard's plan (``range(start, length)``, or the
+    positions a checkpoint has not delivered); every group has ``fetch_size``
+    of them except possibly the last. Rows are computed a slab at a time.
+
+    Raises:
+        ValueError: if ``fetch_size`` is not positive.
+    """
+    if fetch_size < 1:
+        raise ValueError(f"fetch_size must be >= 1, got {fetch_size}")
+    slab = fetch_size * max(1, _SLAB // fetch_size)
+    for group_positions in _slabs(positions, slab):
+        group_rows = plan.rows(group_positions)
+        for i in range(0, len(group_positions), fetch_size):
+            yield group_positions[i : i + fetch_size], group_rows[i : i + fetch_size]
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Shard positions ``[mark, length)`` except ``extra``: what a checkpoint left, in order."""
+
+    mark: int
+    length: int
+    extra: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return max(0, self.length - self.mark) - len(self.extra)
+
+    def __iter__(self) -> Iterator[int]:
+        for slab in _slabs(self, _SLAB):
+            yield from slab.tolist()
+
+
+def _slabs(positions: range | Positions, size: int) -> Iterator[NDArray[np.int64]]:
+    """``positions`` as arrays of ``size`` (the last may be shorter), in order."""
+    if isinstance(positions, range):
+        for i in range(0, len(positions), size):
+            window = positions[i : i + size]
+            yield np.arange(window.start, window.stop, window.step, dtype=np.int64)
+        return
+    extra = np.asarray(positions.extra, dtype=np.int64)
+    pending: list[NDArray[np.int64]] = []
+    held = 0
+    for start in range(positions.mark, positions.length, size):
+        part = np.arange(start, min(start + size, positions.length), dtype=np.int64)
+        part = part[~np.isin(part, extra)]
+        pending.append(part)
+        held += len(part)
+        if held >= size:
+            joined = np.concatenate(pending)
+            for i in range(0, len(joined) - size + 1, size):
+                yield joined[i : i + size]
+            left = joined[len(joined) - len(joined) % size :]
+            pending, held = [left], len(left)
+    if held:
+        yield np.concatenate(pending)
+
+
 def shard_rows(
     num_rows: int,
     shard: Shard,
@@ -79,7 +371,7 @@ def shard_rows(
     epoch: int = 0,
     shuffle: bool = False,
     even: bool = False,
-) -> np.ndarray:
+) -> NDArray[np.int64]:
     """Return the global row indices ``shard`` reads in one epoch, in reading order.
 
     Guarantee: over all ``(rank, worker_id)`` of one ``(world_size, num_workers)``
@@ -87,19 +379,15 @@ def shard_rows(
     are interleaved over the epoch order (rank ``r`` takes positions
     ``r, r + world_size, ...``) and workers likewise over their rank's rows, so
     shard sizes differ by at most one row (zero with ``even`` across ranks).
+    The result is materialised (8 bytes a row): the loader itself never does.
+
+    Raises:
+        ValueError: if ``num_rows`` is negative.
     """
     if num_rows < 0:
         raise ValueError(f"num_rows must be >= 0, got {num_rows}")
     order = epoch_order(num_rows, seed=seed, epoch=epoch, shuffle=shuffle)
-    order = order[: usable_rows(num_rows, shard.world_size, even=even)]
-    rank_rows = order[shard.rank :: shard.world_size]
-    return rank_rows[shard.worker_id :: shard.num_workers]
-
-
-def rank_length(num_rows: int, rank: int, world_size: int, *, even: bool = False) -> int:
-    """Return how many rows ``rank`` yields per epoch, all its workers together."""
-    usable = usable_rows(num_rows, world_size, even=even)
-    return len(range(rank, usable, world_size))
+    return shard_plan(order, shard, even=even).all_rows()
 
 
 def plan_epoch(
@@ -112,36 +400,22 @@ def plan_epoch(
     shuffle: bool = False,
     even: bool = False,
     start: int = 0,
-) -> list[np.ndarray]:
+) -> list[NDArray[np.int64]]:
     """Split this shard's rows into the groups that are fetched one request each.
 
     ``start`` skips the shard's first ``start`` rows (resuming mid-epoch). The
     concatenation of the groups equals ``shard_rows(...)[start:]``; every group
-    has ``fetch_size`` rows except possibly the last.
+    has ``fetch_size`` rows except possibly the last. Materialised, like
+    :func:`shard_rows`: for inspection and tests.
 
     Raises:
         ValueError: if ``fetch_size`` is not positive or ``start`` is negative.
     """
     if start < 0:
         raise ValueError(f"start must be >= 0, got {start}")
-    rows = shard_rows(num_rows, shard, seed=seed, epoch=epoch, shuffle=shuffle, even=even)
-    return [group for _, group in plan_groups(rows, range(start, len(rows)), fetch_size)]
-
-
-def plan_groups(
-    rows: np.ndarray, positions: Sequence[int], fetch_size: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(positions, rows[positions])`` in groups of ``fetch_size``, lazily, in order.
-
-    ``positions`` index the shard's rows (``range(start, len(rows))``, or the
-    positions a checkpoint has not delivered); every group has ``fetch_size``
-    of them except possibly the last.
-
-    Raises:
-        ValueError: if ``fetch_size`` is not positive.
-    """
-    if fetch_size < 1:
-        raise ValueError(f"fetch_size must be >= 1, got {fetch_size}")
-    for i in range(0, len(positions), fetch_size):
-        group = np.asarray(positions[i : i + fetch_size], dtype=np.int64)
-        yield group, rows[group]
+    if num_rows < 0:
+        raise ValueError(f"num_rows must be >= 0, got {num_rows}")
+    order = epoch_order(num_rows, seed=seed, epoch=epoch, shuffle=shuffle)
+    plan = shard_plan(order, shard, even=even)
+    positions = range(min(start, plan.length), plan.length)
+    return [rows for _, rows in plan_groups(plan, positions, fetch_size)]

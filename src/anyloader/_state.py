@@ -23,15 +23,20 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ._options import non_negative_int, positive_int
-from ._plan import Shard
+from ._order import Order, epoch_order
+from ._plan import Positions, Rest, Shard, ShardPlan, shard_plan
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from ._options import Options
+
 __all__ = ["Dataset", "IterationState", "Progress", "StateError"]
 
-VERSION = 2
-_KEYS = frozenset({"version", "dataset", "epoch", "position", "delivered", "length", "shard"})
+VERSION = 3
+_KEYS = frozenset(
+    {"version", "dataset", "epoch", "position", "delivered", "length", "shard", "rest"}
+)
 
 
 class StateError(ValueError):
@@ -46,6 +51,41 @@ class Dataset:
     seed: int
     shuffle: bool
     even: bool
+    shuffle_block_size: int | None = None
+    shuffle_window: int = 1
+
+    @classmethod
+    def of(cls, num_rows: int, options: Options) -> Dataset:
+        """The identity of a dataset of ``num_rows`` read with ``options``."""
+        o = options
+        return cls(num_rows, o.seed, o.shuffle, o.even, o.shuffle_block_size, o.shuffle_window)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def check(self, saved: Mapping[str, Any]) -> None:
+        """Refuse a checkpoint of another dataset (its ``"dataset"`` entry).
+
+        Raises:
+            StateError: naming the first field that differs and both values.
+        """
+        for name, mine in vars(self).items():
+            if saved.get(name) != mine:
+                raise StateError(
+                    f"the checkpoint was saved with {name}={saved.get(name)!r}, this dataset has "
+                    f"{name}={mine!r}: resuming would not continue the same epoch"
+                )
+
+    def order(self, epoch: int) -> Order:
+        """The epoch's order of rows."""
+        return epoch_order(
+            self.num_rows,
+            seed=self.seed,
+            epoch=epoch,
+            shuffle=self.shuffle,
+            block_size=self.shuffle_block_size,
+            window=self.shuffle_window,
+        )
 
 
 @dataclass(frozen=True)
@@ -87,12 +127,11 @@ class Progress:
                 mark += 1
         return replace(self, mark=mark, extra=tuple(sorted(extra)))
 
-    def remaining(self) -> range | list[int]:
-        """Positions not delivered yet, in plan order."""
+    def remaining(self) -> range | Positions:
+        """Positions not delivered yet, in plan order (lazily: nothing per row)."""
         if not self.extra:
             return range(self.mark, self.length)
-        done = set(self.extra)
-        return [p for p in range(self.mark, self.length) if p not in done]
+        return Positions(self.mark, self.length, self.extra)
 
 
 @dataclass(frozen=True)
@@ -100,6 +139,7 @@ class _Iteration:
     number: int  # tells a newer iterator from an older one still alive
     shard: Shard
     progress: Progress
+    rest: Rest  # the plan's rest of the epoch, saved with the progress through it
 
 
 @dataclass(frozen=True)
@@ -107,8 +147,9 @@ class _Resume:
     """A loaded checkpoint. It resumes its own epoch: one taken after the epoch's
     last item resumes it with nothing left, and the iteration after reads the next."""
 
-    shard: Shard | None  # None: nothing delivered, any layout may resume
+    shard: Shard | None  # None: nothing delivered in a shard, any layout may resume
     progress: Progress
+    rest: Rest  # what earlier layouts took from the epoch (anyloader.DataLoader)
 
 
 def _shard_text(shard: Shard) -> str:
@@ -126,8 +167,8 @@ class IterationState:
     resume: _Resume | None = None
     latest: _Iteration | None = None
 
-    def start(self, shard: Shard, epoch: int, length: int) -> tuple[IterationState, Progress]:
-        """An iteration of ``shard`` reading ``epoch`` (``length`` rows) begins.
+    def start(self, shard: Shard, epoch: int) -> tuple[IterationState, Progress, ShardPlan]:
+        """An iteration of ``shard`` reading ``epoch`` begins: its progress and plan.
 
         It resumes from the loaded checkpoint if that is of the same epoch (a
         checkpoint of another epoch means ``set_epoch`` chose anew: it is
@@ -136,23 +177,45 @@ class IterationState:
         Raises:
             StateError: the checkpoint was saved by another shard layout.
         """
-        progress = Progress(epoch=epoch, length=length)
         resume = self.resume
-        # A checkpoint that names no shard delivered nothing: a fresh start.
-        if resume is not None and resume.shard is not None and resume.progress.epoch == epoch:
+        if resume is None or resume.progress.epoch != epoch:
+            resume = None
+        try:
+            plan = shard_plan(
+                self.dataset.order(epoch),
+                shard,
+                resume.rest if resume else Rest(),
+                even=self.dataset.even,
+            )
+        except ValueError as exc:
+            raise StateError(f"the checkpoint cannot resume here: {exc}") from None
+        progress = Progress(epoch=epoch, length=plan.length)
+        # A checkpoint that names no shard delivered nothing in one: a fresh start.
+        if resume is not None and resume.shard is not None:
             if resume.shard != shard:
                 raise StateError(
                     f"the checkpoint was saved by {_shard_text(resume.shard)}; this iteration is "
-                    f"{_shard_text(shard)}. Resume with the same world size and num_workers."
+                    f"{_shard_text(shard)}. Resume with the same world size and num_workers, "
+                    "or use anyloader.DataLoader, whose state resumes on any layout."
                 )
-            if resume.progress.length != length:
+            if resume.progress.length != plan.length:
                 raise StateError(
-                    f"the checkpoint's shard has {resume.progress.length} rows, this one {length}"
+                    f"the checkpoint's shard has {resume.progress.length} rows, this one "
+                    f"{plan.length}"
                 )
             progress = resume.progress
         number = self.latest.number + 1 if self.latest else 0
-        started = IterationState(self.dataset, None, _Iteration(number, shard, progress))
-        return started, progress
+        rest = resume.rest if resume else Rest()
+        started = IterationState(self.dataset, None, _Iteration(number, shard, progress, rest))
+        return started, progress, plan
+
+    def forget_resume(self) -> IterationState:
+        """The loaded checkpoint was taken up elsewhere (by DataLoader workers' copies)."""
+        return replace(self, resume=None)
+
+    def resume_rest(self, epoch: int, rest: Rest) -> IterationState:
+        """The next iteration of ``epoch`` reads only what ``rest`` leaves (for ``DataLoader``)."""
+        return replace(self, resume=_Resume(None, Progress(epoch=epoch, length=0), rest))
 
     def deliver(self, number: int, progress: Progress) -> IterationState:
         """Iteration ``number`` has delivered ``progress``; an older iteration changes nothing."""
@@ -160,7 +223,9 @@ class IterationState:
         if latest is None or latest.number != number:
             return self
         # Once per sample: plain constructors, not dataclasses.replace (3x slower).
-        return IterationState(self.dataset, self.resume, _Iteration(number, latest.shard, progress))
+        return IterationState(
+            self.dataset, self.resume, _Iteration(number, latest.shard, progress, latest.rest)
+        )
 
     def load(self, state: Mapping[str, Any]) -> IterationState:
         """A checkpoint from :meth:`saved`: the next iteration resumes from it.
@@ -183,13 +248,7 @@ class IterationState:
             raise StateError(
                 f"state has version {state['version']!r}, this anyloader reads {VERSION}"
             )
-        saved = state["dataset"]
-        for name, mine in vars(self.dataset).items():
-            if saved.get(name) != mine:
-                raise StateError(
-                    f"the checkpoint was saved with {name}={saved.get(name)!r}, this dataset has "
-                    f"{name}={mine!r}: resuming would not continue the same epoch"
-                )
+        self.dataset.check(state["dataset"])
         shard = None
         if state["shard"] is not None:
             s = state["shard"]
@@ -210,7 +269,11 @@ class IterationState:
             raise StateError("a state that delivered rows must name its shard")
         if any(p < progress.mark for p in extra) or len(set(extra)) != len(extra):
             raise StateError(f"delivered positions {list(extra)} overlap position {progress.mark}")
-        return replace(self, resume=_Resume(shard, progress))
+        try:
+            rest = Rest.parse(state.get("rest"))
+        except ValueError as exc:
+            raise StateError(str(exc)) from None
+        return replace(self, resume=_Resume(shard, progress, rest))
 
     def saved(self, next_epoch: int, chosen: bool) -> dict[str, Any]:
         """``state_dict()``: what the next iteration would resume from if loaded now.
@@ -220,20 +283,22 @@ class IterationState:
         iteration as far as it got; else ``next_epoch`` from its start.
         """
         shard: Shard | None = None
+        rest = Rest()
         if chosen:
             progress = Progress(epoch=next_epoch, length=0)
         elif self.resume is not None:
-            shard, progress = self.resume.shard, self.resume.progress
+            shard, progress, rest = self.resume.shard, self.resume.progress, self.resume.rest
         elif self.latest is not None:
-            shard, progress = self.latest.shard, self.latest.progress
+            shard, progress, rest = self.latest.shard, self.latest.progress, self.latest.rest
         else:
             progress = Progress(epoch=next_epoch, length=0)
         return {
             "version": VERSION,
-            "dataset": dict(vars(self.dataset)),
+            "dataset": self.dataset.as_dict(),
             "epoch": progress.epoch,
             "position": progress.mark,
             "delivered": list(progress.extra),
             "length": progress.length,
             "shard": None if shard is None else dict(vars(shard)),
+            "rest": rest.as_dict(),
         }

@@ -13,7 +13,8 @@ from ._config import LoaderConfig
 from ._handout import Handout, batch_slabs
 from ._options import Options, non_negative_int
 from ._pipeline import Item, RowBudget, run_engine
-from ._plan import Shard, plan_groups, shard_rows
+from ._plan import Shard, plan_groups, shard_plan
+from ._state import Dataset
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator, Sequence
@@ -123,10 +124,9 @@ async def open_stream(
         raise TypeError(f"shard must be an anyloader.Shard or None, got {shard!r}")
     shard = shard or Shard()
     o = config.options
-    rows = shard_rows(
-        len(config.source), shard, seed=o.seed, epoch=epoch, shuffle=o.shuffle, even=o.even
-    )
-    positions = range(min(start, len(rows)), len(rows))
+    order = Dataset.of(len(config.source), o).order(epoch)
+    plan = shard_plan(order, shard, even=o.even)
+    positions = range(min(start, plan.length), plan.length)
     budget = RowBudget(config.budget)
     # Chunks in flight hold at least a row of budget each, plus the outcome: never full.
     send, receive = anyio.create_memory_object_stream[Item](config.budget + 1)
@@ -138,7 +138,7 @@ async def open_stream(
             tg.start_soon(
                 _run,
                 config,
-                plan_groups(rows, positions, o.fetch_size),
+                plan_groups(plan, positions, o.fetch_size),
                 len(positions),
                 budget,
                 send,
