@@ -4,6 +4,8 @@ from ._bridge import wait_future as wait_future
 from ._dataset import AsyncDataset as AsyncDataset
 from ._deeplake_source import DeeplakeSource as DeeplakeSource
 from ._faults import FaultySource as FaultySource
+from ._loader import DataLoader as DataLoader
+from ._loader import UnevenStepsWarning as UnevenStepsWarning
 from ._options import BACKENDS as BACKENDS
 from ._options import Options as Options
 from ._plan import Shard as Shard
@@ -21,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS",
     "AsyncDataset",
+    "DataLoader",
     "DeeplakeSource",
     "FaultySource",
     "MemorySource",
@@ -30,6 +33,7 @@ __all__ = [
     "Shard",
     "Source",
     "StateError",
+    "UnevenStepsWarning",
     "open_stream",
     "plan_epoch",
     "shard_rows",

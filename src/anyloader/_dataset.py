@@ -154,6 +154,14 @@ class AsyncDataset(IterableDataset[Any]):
         """
         self._state = self._state.load(state)
 
+    def _resume_rest(self, epoch: int, rest: Rest) -> None:
+        # anyloader.DataLoader's resume: the next iteration of `epoch` reads what `rest` leaves.
+        self._state = self._state.resume_rest(epoch, rest)
+
+    def _forget_resume(self) -> None:
+        # anyloader.DataLoader: an iteration (here or in worker copies) took the resume.
+        self._state = self._state.forget_resume()
+
     def __len__(self) -> int:
         """Rows this rank yields per epoch, all its DataLoader workers together."""
         rank, world_size = self._ranks.resolve()
