@@ -218,7 +218,7 @@ def test_a_batch_with_a_fallback_row_is_copied_and_correct(tmp_path: Path, backe
         np.testing.assert_array_equal(batch["img"][row].numpy(), ds["img"][row])
 
 
-def test_a_query_view_is_a_source_and_a_row_range_slice_is_refused(
+def test_a_query_view_and_a_row_range_slice_are_sources(
     make_pairs: Callable[[int], str], backend: str
 ) -> None:
     import deeplake
@@ -229,5 +229,5 @@ def test_a_query_view_is_a_source_and_a_row_range_slice_is_refused(
     view = ds.query("SELECT * WHERE ROW_NUMBER() >= 20")
     got = sorted(read_row_id(s["images"]) for s in AsyncDataset(view, backend=backend))
     assert got == list(range(20, 29))  # the view's rows, decoded by us (the default)
-    with pytest.raises(TypeError, match="RowRangeView"):
-        AsyncDataset(ds[10:20], backend=backend)
+    got = sorted(read_row_id(s["images"]) for s in AsyncDataset(ds[10:20], backend=backend))
+    assert got == list(range(10, 20))  # no schema: read by row, decoded by deeplake

@@ -20,18 +20,27 @@ __all__ = ["DeeplakeSource", "is_deeplake_dataset"]
 
 
 def is_deeplake_dataset(obj: object) -> bool:
-    """Whether ``obj`` reads like a deeplake dataset or view: a schema, a length, columns by name.
+    """Whether ``obj`` reads like a deeplake dataset or view: a length and a way to read cells.
 
-    What the loader needs is a schema and columns by name, not a class name.
-    (deeplake 4.7's row-range slices, ``ds[10:60]``, have no schema and are refused.)
+    Two shapes qualify, told apart by what they have rather than by class name:
+    a schema and column handles by name (datasets and query views), or rows that
+    read their own cells (row-range and index-list views, ``ds[10:60]`` and
+    ``ds[[3, 1]]``, which deeplake 4.7 gives no schema).
     """
-    schema = getattr(obj, "schema", None)
-    return (
-        schema is not None
-        and hasattr(schema, "columns")
-        and hasattr(obj, "__len__")
-        and hasattr(obj, "__getitem__")
-    )
+    if not hasattr(obj, "__len__"):
+        return False
+    if _has_schema(obj):
+        return hasattr(obj, "__getitem__")
+    return _reads_by_row(obj)
+
+
+def _has_schema(obj: object) -> bool:
+    return hasattr(getattr(obj, "schema", None), "columns")
+
+
+def _reads_by_row(obj: object) -> bool:
+    """A schema-less view: its rows (by iteration) read their own cells with ``get_async``."""
+    return hasattr(obj, "__iter__") and callable(getattr(obj, "get_async", None))
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
@@ -49,16 +58,27 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
 
 
 class DeeplakeSource:
-    """Rows of a deeplake dataset, one ``Column.get_async(indices)`` per column per fetch.
+    """Rows of a deeplake dataset or view, by the view's own row numbers ``0..len-1``.
 
-    Accepts an open dataset, a query view of one, or a URL,
-    which is opened read-only now, so a bad URL fails here and not in a worker.
-    Pickles as deeplake's small dataset handle, so DataLoader workers reopen it
-    cheaply (use ``file://`` or remote URLs: ``mem://`` arrives empty).
+    Accepts an open dataset, any view of one, or a URL, which is opened
+    read-only now, so a bad URL fails here and not in a worker. How rows are
+    read is decided here, once per view:
+
+    - Datasets and query views (they have a schema): one
+      ``Column.get_async(indices)`` per column per fetch, JPEG columns as bytes.
+      They pickle as deeplake's small handle (the query is run again on
+      unpickling), so DataLoader workers reopen them cheaply (use ``file://`` or
+      remote URLs: ``mem://`` arrives empty).
+    - Row-range and index-list views (``ds[10:60]``, ``ds[[3, 1, 3]]``: no
+      schema, no column handles): one ``Row.get_async(column)`` per cell, decoded
+      by deeplake, through a handle per row taken now. The column names come from
+      the first row. deeplake cannot pickle these views, so they reach fork
+      DataLoader workers only; pickling this source raises ``TypeError``.
 
     Raises:
-        TypeError: if ``dataset`` is neither a deeplake dataset nor a string.
-        ValueError: if the URL cannot be opened.
+        TypeError: if ``dataset`` is neither a deeplake dataset or view nor a string.
+        ValueError: if the URL cannot be opened, or a view without a schema is
+            empty (it has no row to read the column names from).
     """
 
     def __init__(
@@ -81,13 +101,27 @@ class DeeplakeSource:
                 f"got {type(dataset).__name__}"
             )
         self._ds = dataset
-        self._columns = tuple(c.name for c in dataset.schema.columns)
         self._handles: dict[str, Any] = {}
         self._jpeg: tuple[str, ...] | None = None
+        # Rows of a schema-less view: its only random access (it takes no index
+        # but a column name); None for views read by column.
+        self._rows: list[Any] | None = None
+        if _has_schema(dataset):
+            self._columns = tuple(c.name for c in dataset.schema.columns)
+        else:
+            self._rows = list(dataset)
+            if not self._rows:
+                raise ValueError(
+                    f"this deeplake {type(dataset).__name__} is empty and has no schema, so its "
+                    "columns are unknown; pass the dataset, or a query view, instead"
+                )
+            self._columns = tuple(self._rows[0].to_dict())
+            # Without a schema the column types are unknown: deeplake decodes everything.
+            self._jpeg = ()
 
     @property
     def dataset(self) -> Any:
-        """The underlying deeplake dataset."""
+        """The underlying deeplake dataset or view."""
         return self._ds
 
     @property
@@ -98,8 +132,24 @@ class DeeplakeSource:
         return len(self._ds)
 
     def __getstate__(self) -> dict[str, Any]:
+        """Raises ``TypeError`` for a view deeplake cannot pickle, naming it and the ways out."""
+        if self._rows is not None:
+            # deeplake's own error ("cannot pickle 'RowRangeView'") would surface
+            # from deep inside DataLoader without saying what to do instead.
+            raise TypeError(
+                f"a deeplake {type(self._ds).__name__} (a row-range or index-list view such as "
+                "ds[10:60] or ds[[3, 1]]) cannot be pickled, so it cannot reach spawn or "
+                "forkserver DataLoader workers; use fork workers or num_workers=0, or pass a "
+                "query view, which pickles: ds.query('SELECT * LIMIT 50 OFFSET 10')"
+            )
         # Column handles are process-local; workers rebuild them on first use.
-        return {"_ds": self._ds, "_columns": self._columns, "_handles": {}, "_jpeg": self._jpeg}
+        return {
+            "_ds": self._ds,
+            "_columns": self._columns,
+            "_handles": {},
+            "_jpeg": self._jpeg,
+            "_rows": None,
+        }
 
     def is_transient(self, exc: BaseException) -> bool:
         """Whether a retry may cure ``exc``: deeplake network/storage errors, timeouts, OSError."""
@@ -108,7 +158,10 @@ class DeeplakeSource:
     def _column(self, name: str) -> Any:
         handle = self._handles.get(name)
         if handle is None:
-            handle = self._handles[name] = self._ds[name]
+            # A schema-less view's view[name] is not a handle but every value of
+            # the column, read at once: never use it.
+            column = self._ds[name] if self._rows is None else _RowColumn(self._rows, name)
+            handle = self._handles[name] = column
         return handle
 
     def _jpeg_columns(self) -> tuple[str, ...]:
@@ -165,6 +218,43 @@ class DeeplakeSource:
                 slabs.filled(name, first, len(rows))
             values[name] = column
         return values
+
+
+class _RowColumn:
+    """One column of a schema-less view, read a cell per row, as a column handle reads it."""
+
+    def __init__(self, rows: list[Any], name: str) -> None:
+        self._rows = rows
+        self._name = name
+
+    def get_async(self, indices: Sequence[int]) -> _Joined:
+        # Issue every row's request before anyone waits, so they overlap.
+        return _Joined([self._rows[i].get_async(self._name) for i in indices])
+
+
+class _Joined:
+    """Futures of one column's rows as one future, with the value ``Column.get_async`` gives.
+
+    Completed when every row's future is; its result is the rows stacked when they
+    share shape and dtype, else a list; it raises the first failed row's exception.
+    """
+
+    def __init__(self, futures: list[Any]) -> None:
+        self._futures = futures
+        self._done = 0  # futures before this one are known to be complete
+
+    def is_completed(self) -> bool:
+        while self._done < len(self._futures) and self._futures[self._done].is_completed():
+            self._done += 1
+        return self._done == len(self._futures)
+
+    def result(self) -> np.ndarray | list[Any]:
+        return _stacked_if_uniform([f.result() for f in self._futures])
+
+    def cancel(self) -> None:
+        for f in self._futures:
+            if not f.is_completed():
+                f.cancel()
 
 
 def _stacked_if_uniform(column: np.ndarray | list[Any]) -> np.ndarray | list[Any]:
