@@ -21,7 +21,6 @@ import lightning as L
 import torch
 from ddp_train import example_dataset  # the same demo data, made with deeplake's own API
 from torch import nn
-from torch.utils.data import DataLoader
 
 import anyloader
 
@@ -32,21 +31,6 @@ def to_tensors(sample: dict[str, Any]) -> dict[str, Any]:
         "mask": torch.from_numpy(sample["masks"]).permute(2, 0, 1).float(),
         "index": sample["index"],  # the dataset row, recorded by RowRecorder
     }
-
-
-class UnsizedLoader(DataLoader[dict[str, torch.Tensor]]):
-    """A ``DataLoader`` without a length, so Lightning runs every epoch to its end.
-
-    Lightning runs ``len(loader)`` steps per epoch and then stops. For an iterable
-    dataset torch computes that as ``ceil(len(dataset) / batch_size)``, but every
-    DataLoader worker ends its share with its own short batch: with 2 or more
-    workers there can be more batches than that, and Lightning would end the epoch
-    early, silently skipping rows. Without a length Lightning reads until the
-    loader is exhausted (and does not warn about ``__len__``, see docs/distributed.md).
-    """
-
-    def __len__(self) -> int:
-        raise TypeError("batches per epoch depend on how the rows split across workers")
 
 
 class SegmentationData(L.LightningDataModule):
@@ -79,8 +63,11 @@ class SegmentationData(L.LightningDataModule):
             transform=to_tensors,
         )
 
-    def train_dataloader(self) -> UnsizedLoader:
-        return UnsizedLoader(
+    def train_dataloader(self) -> anyloader.DataLoader:
+        # anyloader.DataLoader's len is the number of batches each rank really
+        # yields (every worker ends its share with its own short batch), which
+        # Lightning runs per epoch; torch's own DataLoader would undercount.
+        return anyloader.DataLoader(
             self.train_set,
             batch_size=self.batch_size,
             num_workers=self.workers,
@@ -180,7 +167,7 @@ def main() -> None:
         use_distributed_sampler=False,
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,  # the loader has no length, so the bar would have no total
+        enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[RowRecorder(data, args.out)],
     )
