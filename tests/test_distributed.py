@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader
 
+import anyloader
 from anyloader import AsyncDataset
 
 pytestmark = pytest.mark.slow
@@ -122,3 +123,58 @@ def test_ddp_example_trains_an_epoch_under_torchrun(tmp_path: Path) -> None:
     # Two processes print into one pipe, so their lines may interleave: match, don't split.
     reports = re.findall(r"rank (\d)/2 epoch 0: (\d+) samples", proc.stdout)
     assert sorted(reports) == [("0", "24"), ("1", "24")], proc.stdout
+
+
+def elastic_rank_main(
+    rank: int, world_size: int, port: int, url: str, out: str, phase: str, state: str
+) -> None:
+    """One rank of a cluster: 2 ranks that stop mid-epoch, or 3 that resume."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        ds = AsyncDataset(url, columns=["masks"], shuffle=True, seed=3, return_index=True)
+        workers, start = (2, "fork") if phase == "stop" else (2, "spawn")
+        loader = anyloader.DataLoader(
+            ds, batch_size=3, num_workers=workers, multiprocessing_context=start
+        )
+        rows: list[int] = []
+        if phase == "stop":
+            for step, batch in enumerate(loader):
+                rows += batch["index"].tolist()
+                if step == 4:  # ranks step in lockstep, as DDP does: each stops after 5
+                    break
+            if rank == 0:  # one rank's state describes every rank
+                Path(state).write_text(json.dumps(loader.state_dict()))
+        else:
+            loader.load_state_dict(json.loads(Path(state).read_text()))
+            expected = len(loader)
+            batches = [batch["index"].tolist() for batch in loader]
+            assert len(batches) == expected, "len(loader) counts the batches it yields"
+            rows = [i for batch in batches for i in batch]
+        gathered: list[object] = [None] * world_size
+        dist.all_gather_object(gathered, rows)
+        if rank == 0:
+            Path(out).write_text(json.dumps(gathered))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_stop_mid_epoch_and_three_ranks_with_spawn_workers_resume(
+    pairs_url: str, tmp_path: Path
+) -> None:
+    state = str(tmp_path / "state.json")
+    before, after = tmp_path / "before.json", tmp_path / "after.json"
+    for world_size, phase, out in [(2, "stop", before), (3, "resume", after)]:
+        mp.spawn(
+            elastic_rank_main,
+            args=(world_size, free_port(), pairs_url, str(out), phase, state),
+            nprocs=world_size,
+            join=True,
+        )
+    saved = json.loads(Path(state).read_text())
+    assert saved["layout"] == {"world_size": 2, "num_workers": 2, "batch_size": 3}
+    assert saved["steps"] == 5
+    first = [i for rows in json.loads(before.read_text()) for i in rows]
+    second = [i for rows in json.loads(after.read_text()) for i in rows]
+    assert len(first) == 2 * 5 * 3
+    assert sorted(first + second) == list(range(97)), "the union is the epoch, exactly once"
