@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._order import Order, epoch_order
+from ._order import Order, Sequential, epoch_order
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -286,8 +286,6 @@ def rank_steps(
     order_size: int, rest: Rest, world_size: int, num_workers: int, batch_size: int, *, even: bool
 ) -> list[int]:
     """Batches each rank yields over what ``rest`` leaves, in the given layout."""
-    from ._order import Sequential
-
     order = Sequential(order_size)
     return [
         sum(
