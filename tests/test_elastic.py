@@ -235,9 +235,9 @@ def test_a_state_that_cannot_be_honoured_is_refused_by_name() -> None:
             other.load_state_dict(state)
     with pytest.raises(StateError, match="shuffle"):
         anyloader.DataLoader(dataset(10, 0, 1, None, shuffle=False)).load_state_dict(state)
+    blocks = anyloader.DataLoader(dataset(10, 0, 1, None, shuffle_block_size=2))
     with pytest.raises(StateError, match="shuffle_block_size"):
-        blocks = dataset(10, 0, 1, None, shuffle_block_size=2)
-        anyloader.DataLoader(blocks).load_state_dict(state)
+        blocks.load_state_dict(state)
     with pytest.raises(StateError, match=r"AsyncDataset\.state_dict"):
         dl.load_state_dict(dl.dataset.state_dict())
     with pytest.raises(ValueError, match="steps"):

@@ -225,16 +225,27 @@ class DataLoader(torch.utils.data.DataLoader[Any]):
             yield batch
         self._position = self._position.end()
 
+    def _snapshot(self) -> Position:
+        """What the next iteration would resume from, if this process stopped now."""
+        dataset = self._async_dataset
+        epoch = dataset.epoch  # set_epoch's choice, a loaded state's epoch, or the next one
+        if self._loaded is not None and self._loaded.epoch == epoch:
+            return self._loaded
+        if dataset._schedule.value.chosen or self._position.layout is None:
+            return Position(epoch)  # chosen by set_epoch, never begun, or the last one ended
+        return self._position
+
     def state_dict(self) -> dict[str, Any]:
         """Where this loader stands: a JSON-serialisable dict, the same on every rank.
 
         Taken after any batch, it resumes right after that batch, on this
-        layout or any other. Taken after the last batch of an epoch but
-        before the iterator ends, it resumes that epoch with nothing left.
+        layout or any other (also after a ``break``: the state is where the
+        loop stopped). Taken after the last batch of an epoch but before the
+        iterator ends, it resumes that epoch with nothing left. After
+        ``set_epoch(n)`` and before the next iteration, epoch ``n`` from its
+        start (or a loaded state of epoch ``n``).
         """
-        position = self._loaded or self._position
-        if position.layout is None:  # no step yet: set_epoch may have chosen since
-            position = Position(self._async_dataset.epoch)
+        position = self._snapshot()
         layout = position.layout
         return {
             "anyloader.DataLoader": VERSION,
