@@ -72,7 +72,7 @@ def main() -> None:
         columns=["images", "masks"],
         backend=args.backend,
         shuffle=True,
-        even=True,
+        even=True,  # the same number of samples, hence steps, on every rank
         transform=to_tensors,
     )
     # anyloader.DataLoader knows every rank's layout: it warns (UnevenStepsWarning)
