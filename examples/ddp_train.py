@@ -21,7 +21,6 @@ import torch.distributed as dist
 from deeplake import types
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 import anyloader
 
@@ -73,10 +72,13 @@ def main() -> None:
         columns=["images", "masks"],
         backend=args.backend,
         shuffle=True,
-        even=True,
+        even=True,  # the same number of samples, hence steps, on every rank
         transform=to_tensors,
     )
-    loader = DataLoader(data, batch_size=8, num_workers=args.workers)
+    # anyloader.DataLoader knows every rank's layout: it warns (UnevenStepsWarning)
+    # if ranks would take different numbers of steps, and its state_dict() resumes
+    # on any world size (docs/distributed.md).
+    loader = anyloader.DataLoader(data, batch_size=8, num_workers=args.workers)
     model = DistributedDataParallel(
         nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1))
     )
