@@ -131,7 +131,5 @@ class LoaderLifecycle(RuleBasedStateMachine):
             assert self.loader.state_dict()["epoch"] == self.snapshot()[0]
 
 
-LoaderLifecycle.TestCase.settings = settings(
-    max_examples=25, stateful_step_count=12, deadline=None
-)
+LoaderLifecycle.TestCase.settings = settings(max_examples=25, stateful_step_count=12, deadline=None)
 test_loader_lifecycle = LoaderLifecycle.TestCase
