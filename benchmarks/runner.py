@@ -42,6 +42,31 @@ def _pump(stream: IO[bytes], log: IO[bytes], done: threading.Event, news: thread
     news.set()
 
 
+class _HeldInterrupts:
+    """Hold Ctrl-C from construction to :meth:`release`, which raises it if it came.
+
+    A ``KeyboardInterrupt`` raised inside ``subprocess.Popen`` after the fork
+    leaves a child that nobody has a handle on: an orphan that outlives the
+    harness. Only the main thread can hold it (and only it receives SIGINT).
+    """
+
+    def __init__(self) -> None:
+        self._caught = False
+        self._previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._catch)
+
+    def _catch(self, signum: int, frame: object) -> None:
+        self._caught = True
+
+    def release(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        if self._caught:
+            raise KeyboardInterrupt
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -76,21 +101,28 @@ def run_in_subprocess(
     out = Path(task["out"])
     out.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "benchmarks.worker", json.dumps(task)]
+    done, news = threading.Event(), threading.Event()
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            env=child_env(),
-            cwd=PACKAGE_ROOT,
-            start_new_session=True,
-        )
-        done, news = threading.Event(), threading.Event()
-        assert proc.stdout is not None
-        pump = threading.Thread(target=_pump, args=(proc.stdout, log, done, news), daemon=True)
-        pump.start()
-        hung = timed_out = False
+        proc: subprocess.Popen[bytes] | None = None
+        hold = _HeldInterrupts()
         try:
+            try:
+                proc = subprocess.Popen(
+                    cmd,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    env=child_env(),
+                    cwd=PACKAGE_ROOT,
+                    start_new_session=True,
+                )
+            finally:
+                # A Ctrl-C that came while the child started is raised now, inside
+                # the try whose finally kills the child's group.
+                hold.release()
+            assert proc.stdout is not None
+            pump = threading.Thread(target=_pump, args=(proc.stdout, log, done, news), daemon=True)
+            pump.start()
+            hung = timed_out = False
             # Wake on the result line or on the end of output (the worker died first).
             if not news.wait(timeout_s):
                 timed_out = True
@@ -101,9 +133,10 @@ def run_in_subprocess(
                 hung = True
         finally:
             # Kill the whole group: a hung worker, or DataLoader workers left behind.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         pump.join(5)
     result: dict[str, Any] = {"returncode": proc.returncode}
     if done.is_set() and out.exists():

@@ -224,7 +224,8 @@ def test_ctrl_c_stops_the_harness_and_everything_it_started(tmp_path: Path) -> N
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does to the foreground group
     _, err = proc.communicate(timeout=60)
     assert proc.returncode in (0, 130), err.decode(errors="replace")[-2000:]
-    assert _processes_with_token(token) == []
+    left = _processes_with_token(token)
+    assert left == [], [(p.pid, p.ppid(), p.cmdline()) for p in left]
 
 
 def test_serve_answers_on_loopback_and_stops() -> None:
