@@ -22,7 +22,6 @@ else ends an epoch normally.
 from __future__ import annotations
 
 import random
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -45,8 +44,6 @@ if TYPE_CHECKING:
     from ._slabs import BatchSlabs
 
 __all__ = ["Complete", "Failed", "Item", "RowBudget", "run_engine"]
-
-_clock = time.perf_counter
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +70,8 @@ class ForeignCancellation(RuntimeError):
 class RowBudget:
     """Rows handed out and not yet given back; waiters are served first come, first served.
 
-    With ``stats``, the time during which someone waited (the budget was full:
-    the loader waited for the consumer) is added to its ``loader_wait``.
+    With ``stats``, it is told when the budget fills (someone must wait: the
+    loader waits for the consumer) and when no one waits any more.
     """
 
     def __init__(self, total: int, stats: EpochRecorder | None = None) -> None:
@@ -82,7 +79,6 @@ class RowBudget:
         self.in_use = 0
         self._waiters: deque[tuple[int, anyio.Event]] = deque()
         self._stats = stats
-        self._full_since = 0.0
 
     async def take(self, rows: int) -> None:
         """Wait until ``rows`` fit in the budget, then hold them."""
@@ -90,8 +86,8 @@ class RowBudget:
             self.in_use += rows
             return
         entry = (rows, anyio.Event())
-        if not self._waiters:
-            self._full_since = _clock()
+        if not self._waiters and self._stats is not None:
+            self._stats.loader_blocked()
         self._waiters.append(entry)
         try:
             await entry[1].wait()
@@ -118,7 +114,7 @@ class RowBudget:
 
     def _no_more_waiters(self) -> None:
         if self._stats is not None:
-            self._stats.loader_waited(self._full_since, _clock())
+            self._stats.loader_unblocked()
 
 
 async def _own_cancellation(exc: BaseException) -> None:

@@ -19,6 +19,7 @@ asks the engine for more: nothing per sample.
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -103,7 +104,10 @@ class EpochRecorder:
         self.retries = self.faults = self.timeouts = 0
         self.decoded_rows = 0
         self.decode_seconds = 0.0
-        self.consumer_wait = self.loader_wait = 0.0
+        self.consumer_wait = self.loader_wait = self.stall = 0.0
+        self._full_since: float | None = None
+        # The latest spans of a full budget, to find a consumer's waits inside them.
+        self._full_spans: deque[tuple[float, float]] = deque(maxlen=16)
         self.timeline = timeline
         self._publish = publish
         self._publish_every = publish_every
@@ -152,15 +156,36 @@ class EpochRecorder:
         self.decoded_rows += rows
         self.decode_seconds += seconds
 
-    def loader_waited(self, start: float, end: float) -> None:
-        """The row budget was full from ``start`` to ``end``: the loader waited for the consumer."""
+    def loader_blocked(self) -> None:
+        """The row budget is full: the loader waits for the consumer from now."""
+        self._full_since = _clock()
+
+    def loader_unblocked(self) -> None:
+        """The row budget is no longer full."""
+        start, end = self._full_since, _clock()
+        if start is None:
+            return
+        self._full_since = None
         self.loader_wait += end - start
+        self._full_spans.append((start, end))
         if self.timeline is not None:
             self.timeline.interval(LOADER_WAIT, start, end)
 
     def consumer_waited(self, start: float, end: float) -> None:
-        """The consumer waited for data from ``start`` to ``end``."""
+        """The consumer waited for data from ``start`` to ``end``.
+
+        The part of it during which the row budget was also full is a stall:
+        nothing to hand out, and no room to fetch more.
+        """
         self.consumer_wait += end - start
+        since, spans = self._full_since, self._full_spans
+        if since is not None or spans:
+            # Written by the loop thread meanwhile: read once; at worst a span
+            # ending right now is missed or counted twice (capped below).
+            overlap = sum([max(0.0, min(e, end) - max(s, start)) for s, e in tuple(spans)])
+            if since is not None:
+                overlap += max(0.0, end - max(since, start))
+            self.stall += min(overlap, end - start)
         if self.timeline is not None:
             self.timeline.interval(CONSUMER_WAIT, start, end)
         if self._publish is not None and end >= self._next_publish:
@@ -196,6 +221,7 @@ class EpochRecorder:
             consumer_seconds=seconds,
             consumer_wait_seconds=self.consumer_wait,
             loader_wait_seconds=self.loader_wait,
+            stall_seconds=self.stall,
             workers=1,
         )
 

@@ -169,6 +169,9 @@ class EpochStats:
             which waits for the training loop in turn).
         loader_wait_seconds: time the loader waited for the consumer: its row
             budget was full, so at least one fetcher could not start.
+        stall_seconds: time the consumer waited while the budget was full: the
+            rows fetched ahead were all waiting behind a slower fetch (in plan
+            order, ``ordered=True``), so nothing could be handed out or fetched.
         workers: how many iterations these stats add up (1 for one epoch in
             one process; K for K DataLoader workers).
     """
@@ -187,6 +190,7 @@ class EpochStats:
     consumer_seconds: float = 0.0
     consumer_wait_seconds: float = 0.0
     loader_wait_seconds: float = 0.0
+    stall_seconds: float = 0.0
     workers: int = 0
 
     @property
