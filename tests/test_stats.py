@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -210,6 +210,43 @@ async def test_a_slow_consumer_makes_the_loader_wait() -> None:
     assert 0 < stats.input_bound < 1
 
 
+class StragglerSource(_OverRows):
+    """Row 0 waits for ``release``; fetching row ``last`` sets ``filled`` (as SignalSource)."""
+
+    def __init__(self, n: int, last: int) -> None:
+        self._inner = rows_source(n)
+        self.last = last
+        self.filled = anyio.Event()
+        self.release = anyio.Event()
+
+    async def fetch(self, indices: Sequence[int], columns: Sequence[str]) -> Columns:
+        if 0 in indices:
+            await self.release.wait()
+        values = await self._inner.fetch(indices, columns)
+        if self.last in indices:
+            self.filled.set()
+        return values
+
+
+async def test_a_straggler_in_ordered_mode_stalls_the_consumer() -> None:
+    # Budget 5 rows: rows 1-4 arrive, wait in the reorder window behind row 0 and
+    # fill the budget, while the consumer waits for row 0: a stall.
+    source = StragglerSource(20, last=4)
+
+    async def release_when_full() -> None:
+        await source.filled.wait()
+        source.release.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(release_when_full)
+        async with open_stream(source, prefetch=2, concurrency=3) as samples:
+            assert [int(s["row"]) async for s in samples] == list(range(20))
+    stats = samples.stats()
+    assert stats.stall_seconds > 0
+    assert stats.stall_seconds <= stats.consumer_wait_seconds
+    assert stats.loader_wait_seconds >= stats.stall_seconds
+
+
 def test_a_slow_consumer_makes_the_loader_wait_in_a_dataset(backend: str) -> None:
     filled = threading.Event()
     ds = AsyncDataset(SignalSource(40, 3, filled), backend=backend, prefetch=3, concurrency=1)
@@ -255,8 +292,8 @@ def test_decoding_is_counted(pairs_url: str, backend: str) -> None:
 # DataLoader workers: their stats add up in the process that started them.
 
 
-def _rows(loader: DataLoader[Any]) -> int:
-    return sum(len(batch["row"]) for batch in loader)
+def _rows(batches: Iterable[Any]) -> int:
+    return sum(len(batch["row"]) for batch in batches)
 
 
 @pytest.mark.parametrize("persistent", [False, True])
@@ -264,7 +301,11 @@ def test_stats_add_up_over_dataloader_workers(backend: str, persistent: bool) ->
     ds = AsyncDataset(rows_source(101), backend=backend, fetch_size=4)
     loader = DataLoader(ds, batch_size=8, num_workers=2, persistent_workers=persistent)
     for _ in range(2):  # the second epoch's stats replace the first's
-        assert _rows(loader) == 101
+        batches = iter(loader)
+        first = next(batches)
+        # Workers report when they start: the cells hold this epoch, not the last.
+        assert ds.stats().rows < 101
+        assert len(first["row"]) + _rows(batches) == 101
         stats = ds.stats()
         assert stats.workers == 2
         assert (stats.rows, stats.bytes) == (101, 101 * ROW_BYTES)
