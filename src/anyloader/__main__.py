@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "profile":
         return _profile(args)
+    from ._advice import breakdown
     from ._demo import demo_dataset, run_demo
 
     generated = args.url is None
@@ -124,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         f"rows     {result.rows} in {result.seconds:.2f} s = {result.rows_per_second:,.0f} rows/s"
     )
     print(f"first    batch after {result.first_batch_seconds * 1000:.0f} ms")
+    print("stages   where the time went (docs/stats.md):")
+    for line in breakdown(result.stats):
+        print(f"  {line}")
     verdict = "PASS" if result.exactly_once else "FAIL"
     print(
         f"check    exactly once: {verdict} ({result.expected} expected, "
