@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
 from ._exit import close_at_exit
@@ -20,8 +19,6 @@ if TYPE_CHECKING:
     from ._state import Progress
 
 __all__ = ["EpochIterator"]
-
-_clock = time.perf_counter
 
 
 class EpochIterator:
@@ -89,9 +86,9 @@ class EpochIterator:
                 if handout.handed >= self._give_back_at or thread.idle:
                     thread.give_back(handout.handed)
                     handout.handed = 0
-                started = _clock()
+                began = self._stats.consumer_waiting()
                 items = thread.get()
-                self._stats.consumer_waited(started, _clock())
+                self._stats.consumer_waited(began)
                 handout.feed(items)
             taken = handout.pop()
         except BaseException:

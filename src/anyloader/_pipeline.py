@@ -158,7 +158,7 @@ async def run_engine(
     options = config.options
     if stats is None:
         stats = EpochRecorder()
-    fetch_started, on_fault = stats.fetch_started, stats.fault
+    fetch_started, fetched, on_fault = stats.fetch_started, stats.fetched, stats.fault
     source, columns, fetch_size = config.source, config.columns, options.fetch_size
     retry, is_transient = config.retry, config.is_transient
     rng = random.Random(seed)
@@ -213,7 +213,7 @@ async def run_engine(
                 scope.cancel()
                 return
             picked = {c: values[c] for c in columns}
-            stats.fetched(len(indices), picked, started)
+            fetched(len(indices), picked, started)
             deliver(seq, Chunk(positions, rows, picked))
 
     # One poller wakes every fetch waiting on a deeplake future (see anyloader._bridge);

@@ -19,7 +19,6 @@ asks the engine for more: nothing per sample.
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -94,20 +93,21 @@ class EpochRecorder:
         self.rows = self.bytes = 0
         # (bucket counts, latency sum, latency max, latencies not yet bucketed):
         # one tuple, replaced whole, so a snapshot from another thread reads a
-        # consistent set while the loop thread records.
+        # consistent set while the loop thread records. _pending is its last item.
+        self._pending: list[float] = []
         self._latency: tuple[np.ndarray, float, float, list[float]] = (
             np.zeros(BUCKETS, np.int64),
             0.0,
             0.0,
-            [],
+            self._pending,
         )
         self.retries = self.faults = self.timeouts = 0
         self.decoded_rows = 0
         self.decode_seconds = 0.0
-        self.consumer_wait = self.loader_wait = self.stall = 0.0
-        self._full_since: float | None = None
-        # The latest spans of a full budget, to find a consumer's waits inside them.
-        self._full_spans: deque[tuple[float, float]] = deque(maxlen=16)
+        self.consumer_wait = self.stall = 0.0
+        # (seconds the row budget was full before, since when it is full or None),
+        # replaced whole by the loop thread so the consumer's thread reads it whole.
+        self._loader: tuple[float, float | None] = (0.0, None)
         self.timeline = timeline
         self._publish = publish
         self._publish_every = publish_every
@@ -128,22 +128,18 @@ class EpochRecorder:
         Runs once per fetch, so it does the least it can: latencies are
         bucketed in bulk, :data:`_BULK` at a time (memory stays bounded).
         """
-        now = _clock()
-        self.rows += rows
+        pending = self._pending
+        pending.append(_clock() - started)
         nbytes = 0
         for v in values.values():
             nbytes += v.nbytes if type(v) is _ndarray else _nbytes(v)
+        self.rows += rows
         self.bytes += nbytes
-        pending = self._latency[3]
-        pending.append(now - started)
         if len(pending) >= _BULK:
-            self._bucket()
+            self._latency = _with(self._latency)
+            self._pending = self._latency[3]
         if self.timeline is not None:
-            self.timeline.in_flight(now, -1)
-
-    def _bucket(self) -> None:
-        """Move the pending latencies into the histogram (on the loop thread)."""
-        self._latency = _with(self._latency)
+            self.timeline.in_flight(_clock(), -1)
 
     def fault(self, exc: BaseException, *, retried: bool, timed_out: bool) -> None:
         """An attempt raised ``exc``; it is tried again if ``retried``."""
@@ -158,34 +154,40 @@ class EpochRecorder:
 
     def loader_blocked(self) -> None:
         """The row budget is full: the loader waits for the consumer from now."""
-        self._full_since = _clock()
+        self._loader = (self._loader[0], _clock())
 
     def loader_unblocked(self) -> None:
         """The row budget is no longer full."""
-        start, end = self._full_since, _clock()
-        if start is None:
+        waited, since = self._loader
+        if since is None:
             return
-        self._full_since = None
-        self.loader_wait += end - start
-        self._full_spans.append((start, end))
+        end = _clock()
+        self._loader = (waited + end - since, None)
         if self.timeline is not None:
-            self.timeline.interval(LOADER_WAIT, start, end)
+            self.timeline.interval(LOADER_WAIT, since, end)
 
-    def consumer_waited(self, start: float, end: float) -> None:
-        """The consumer waited for data from ``start`` to ``end``.
+    def _loader_wait(self, now: float) -> float:
+        # One read of the tuple the loop thread replaces whole: consistent.
+        waited, since = self._loader
+        return waited if since is None else waited + now - since
+
+    def consumer_waiting(self) -> tuple[float, float]:
+        """The consumer starts to wait for data; pass the result to :meth:`consumer_waited`."""
+        now = _clock()
+        return now, self._loader_wait(now)
+
+    def consumer_waited(self, began: tuple[float, float]) -> None:
+        """The consumer's wait that began with :meth:`consumer_waiting` is over.
 
         The part of it during which the row budget was also full is a stall:
         nothing to hand out, and no room to fetch more.
         """
+        start, loader_waited = began
+        end = _clock()
         self.consumer_wait += end - start
-        since, spans = self._full_since, self._full_spans
-        if since is not None or spans:
-            # Written by the loop thread meanwhile: read once; at worst a span
-            # ending right now is missed or counted twice (capped below).
-            overlap = sum([max(0.0, min(e, end) - max(s, start)) for s, e in tuple(spans)])
-            if since is not None:
-                overlap += max(0.0, end - max(since, start))
-            self.stall += min(overlap, end - start)
+        stalled = self._loader_wait(end) - loader_waited
+        if stalled > 0:
+            self.stall += min(stalled, end - start)
         if self.timeline is not None:
             self.timeline.interval(CONSUMER_WAIT, start, end)
         if self._publish is not None and end >= self._next_publish:
@@ -220,7 +222,7 @@ class EpochRecorder:
             cpu_seconds=max(0.0, cpu_end - self._cpu_started),
             consumer_seconds=seconds,
             consumer_wait_seconds=self.consumer_wait,
-            loader_wait_seconds=self.loader_wait,
+            loader_wait_seconds=self._loader_wait(end),
             stall_seconds=self.stall,
             workers=1,
         )

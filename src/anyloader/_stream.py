@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 
 from ._config import LoaderConfig
 from ._handout import Handout, batch_slabs
@@ -32,8 +32,6 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["SampleStream", "open_stream"]
-
-_clock = time.perf_counter
 
 
 class SampleStream:
@@ -86,9 +84,14 @@ class SampleStream:
             self._budget.give_back(handout.handed)
             handout.handed = 0
             try:
-                started = _clock()
-                item = await self._receive.receive()
-                self._stats.consumer_waited(started, _clock())
+                # What receive() does, with the clock read only when it must wait.
+                await anyio.lowlevel.checkpoint()
+                try:
+                    item = self._receive.receive_nowait()
+                except anyio.WouldBlock:
+                    began = self._stats.consumer_waiting()
+                    item = await self._receive.receive()
+                    self._stats.consumer_waited(began)
                 handout.feed([item])
                 while True:  # whatever else is ready, without a checkpoint per item
                     handout.feed([self._receive.receive_nowait()])
