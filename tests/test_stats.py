@@ -119,7 +119,7 @@ def test_stats_merge_exactly() -> None:
     assert total.fetch_latency.max_seconds == max(s.fetch_latency.max_seconds for s in (a, b, c))
     assert EpochStats.merge([]) == EpochStats()
     # The form that crosses processes holds every field.
-    assert EpochStats.from_vector(total.to_vector()) == total
+    assert EpochStats._from_vector(total._to_vector()) == total
 
 
 def test_consumer_fields_can_be_replaced_and_input_bound_follows() -> None:

@@ -271,9 +271,10 @@ def plot_profile(result: ProfileResult, path: str | Path) -> None:
     latency_ax, flight_ax, wait_ax = fig.subplots(3, 1, gridspec_kw={"height_ratios": [1.1, 1, 1]})
     title = textwrap.fill(f"anyloader profile — {result.verdict}", 80)
     fig.suptitle(title, fontsize=14, fontweight="bold")
+    url = result.url if len(result.url) <= 60 else "…" + result.url[-59:]
     latency_ax.annotate(
         f"{result.rows:,} rows in {result.seconds:.2f} s = {result.rows_per_second:,.0f} rows/s"
-        f"   |   {result.url}\n{result.settings.describe()}",
+        f"   |   {url}\n{result.settings.describe()}",
         xy=(0.5, 1.0),
         xycoords="axes fraction",
         xytext=(0, 28),

@@ -240,15 +240,15 @@ class EpochStats:
 
     # The flat form that crosses processes (anyloader._stats_channel): scalars, then buckets.
 
-    def to_vector(self) -> list[float]:
+    def _to_vector(self) -> list[float]:
         """Every field as a float: scalars in field order, then the histogram."""
         h = self.fetch_latency
         scalars = [float(getattr(self, name)) for name in SCALARS]
         return [*scalars, h.total_seconds, h.max_seconds, *map(float, h.counts)]
 
     @classmethod
-    def from_vector(cls, vector: Sequence[float]) -> EpochStats:
-        """Inverse of :meth:`to_vector`."""
+    def _from_vector(cls, vector: Sequence[float]) -> EpochStats:
+        """Inverse of :meth:`_to_vector`."""
         n = len(SCALARS)
         values: dict[str, float | int] = {}
         for name, value in zip(SCALARS, vector[:n], strict=True):
@@ -266,6 +266,6 @@ def _share(part: float, whole: float) -> float:
 #: The scalar fields, in order (everything but the histogram).
 SCALARS = tuple(f.name for f in fields(EpochStats) if f.name != "fetch_latency")
 _FLOATS = frozenset(f.name for f in fields(EpochStats) if f.type == "float")
-#: Length of :meth:`EpochStats.to_vector`; the entry holding the histogram's maximum.
+#: Length of :meth:`EpochStats._to_vector`; the entry holding the histogram's maximum.
 VECTOR_LENGTH = len(SCALARS) + 2 + BUCKETS
 MAX_INDEX = len(SCALARS) + 1

@@ -114,7 +114,7 @@ class SharedStats:
         local, shared = self._latest()
         if local is not None:
             return local.snapshot()
-        return EpochStats() if shared is None else EpochStats.from_vector(shared)
+        return EpochStats() if shared is None else EpochStats._from_vector(shared)
 
     def latest_timeline(self) -> TimelineData | None:
         """The latest iteration's timeline, if it recorded one."""
@@ -208,7 +208,7 @@ class _Publisher:
     def __call__(self, recorder: EpochRecorder) -> None:
         if os.getpid() != self._pid:
             return  # a forked child's copy of a worker's iterator: not that worker
-        vector = recorder.snapshot().to_vector()
+        vector = recorder.snapshot()._to_vector()
         delta = [now - before for now, before in zip(vector, self._sent, strict=True)]
         delta[MAX_INDEX] = 0.0  # a maximum does not add up: _add takes the max
         timeline = recorder.timeline_data()
