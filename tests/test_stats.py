@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -338,3 +339,19 @@ def test_a_copy_made_any_other_way_has_stats_of_its_own() -> None:
 
 def test_stats_types_are_public() -> None:
     assert {"EpochStats", "LatencyHistogram"} <= set(anyloader.__all__)
+
+
+def test_a_profile_timeline_crosses_from_workers_and_agrees_with_the_latencies() -> None:
+    from anyloader._stats_channel import SharedStats
+    from anyloader._timeline import IN_FLIGHT
+
+    ds = AsyncDataset(rows_source(64), fetch_size=2)
+    ds._stats = SharedStats(timeline_bins=32, origin=time.perf_counter())
+    assert _rows(DataLoader(ds, batch_size=8, num_workers=2)) == 64
+    stats, timeline = ds.stats(), ds._stats.latest_timeline()
+    assert timeline is not None
+    assert stats.workers == 2
+    # Each fetch is in flight for its latency: the integrals over time agree (Little's law).
+    in_flight = sum(timeline.series[IN_FLIGHT])
+    assert in_flight == pytest.approx(stats.fetch_latency.total_seconds, rel=0.05, abs=1e-3)
+    assert in_flight > 0

@@ -11,9 +11,9 @@ Who writes what (each counter has one writer thread, so no lock is needed):
 
 :meth:`EpochRecorder.snapshot` reads them from any thread into an
 :class:`~anyloader._stats.EpochStats`; during an epoch each counter is exact
-at some moment, not necessarily all at the same one. Recording costs a clock
-read and a few additions per fetch, and a clock read per time the consumer
-asks the engine for more: nothing per sample.
+at some moment, not necessarily all at the same one. Recording costs two
+clock reads and a few additions per fetch, two clock reads each time the
+consumer has to wait for the engine, and nothing per sample.
 """
 
 from __future__ import annotations
@@ -112,8 +112,8 @@ class EpochRecorder:
         self._publish = publish
         self._publish_every = publish_every
         self._next_publish = self.started + publish_every
-        # What a fetch calls when it starts: the clock itself, unless a
-        # timeline counts requests in flight (no branch on the hot path).
+        # What a fetch calls when it starts: the clock itself (no call of ours
+        # on the hot path), or with a timeline, the clock and a count in flight.
         self.fetch_started: Callable[[], float] = _clock if timeline is None else self._traced_start
 
     def _traced_start(self) -> float:

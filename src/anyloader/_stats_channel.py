@@ -69,7 +69,8 @@ class SharedStats:
 
     def _create(self) -> None:
         self._owner = os.getpid()
-        size = _VECTOR + VECTOR_LENGTH + (1 + len(SERIES) * self._timeline_bins)
+        bins = self._timeline_bins
+        size = _VECTOR + VECTOR_LENGTH + (1 + len(SERIES) * bins if bins else 0)
         self._cells: Any = multiprocessing.get_context("spawn").Array("d", size)
         self._cells[:_VECTOR] = [0.0, self._origin, self._timeline_bins, -1.0, -1.0, 0.0]
         self._local = None
