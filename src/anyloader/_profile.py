@@ -184,9 +184,10 @@ def run_profile(url: str, settings: ProfileSettings, *, progress: bool = True) -
     cpu = time.process_time()
     with tqdm(total=len(dataset), unit="row", disable=not progress, leave=False) as bar:
         for batch in clock(loader):
-            rows += _rows_in(batch)
+            n = _rows_in(batch)
+            rows += n
             bar.set_postfix_str(f"input-bound {clock.input_bound:.0%}", refresh=False)
-            bar.update(_rows_in(batch))
+            bar.update(n)
             if s.step_ms:
                 time.sleep(s.step_ms / 1000)  # the training step this run stands in for
     cpu = time.process_time() - cpu
