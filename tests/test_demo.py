@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,10 @@ def test_demo_generates_caches_and_passes_its_checks(
     assert "generating 40 image/mask pairs" in out
     assert "exactly once: PASS (40 expected, 0 duplicated, 0 missing)" in out
     assert "every image with its own mask: PASS" in out
+    # The stage breakdown, from the stats of the epoch (summed over its workers).
+    assert "  rows     40 in 40 fetches" in out
+    assert "  consumer waited " in out
+    assert "(input-bound " in out
     assert (tmp_path / "demo-40x64").is_dir()
     # Second run: the cached dataset is used as is.
     assert main([*argv, "--backend", backend, "--no-progress"]) == 0
@@ -48,3 +54,20 @@ def test_demo_rejects_a_bad_backend() -> None:
     )
     assert proc.returncode == 2
     assert "invalid choice: 'curio'" in proc.stderr
+
+
+def test_demo_progress_bar_shows_rows_per_second_and_the_input_bound_share(
+    pairs_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import tqdm
+
+    original = tqdm.tqdm.__init__
+
+    def eager(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **{**kwargs, "mininterval": 0})  # draw however fast the epoch
+
+    monkeypatch.setattr(tqdm.tqdm, "__init__", eager)
+    assert main(["demo", pairs_url, "--workers", "0", "--batch-size", "16"]) == 0
+    bar = capsys.readouterr().err
+    assert "row/s" in bar
+    assert re.search(r"input-bound \d+%", bar)

@@ -15,6 +15,8 @@ from ._retry import RetryPolicy as RetryPolicy
 from ._source import MemorySource as MemorySource
 from ._source import Source as Source
 from ._state import StateError as StateError
+from ._stats import EpochStats as EpochStats
+from ._stats import LatencyHistogram as LatencyHistogram
 from ._stream import SampleStream as SampleStream
 from ._stream import open_stream as open_stream
 
@@ -25,7 +27,9 @@ __all__ = [
     "AsyncDataset",
     "DataLoader",
     "DeeplakeSource",
+    "EpochStats",
     "FaultySource",
+    "LatencyHistogram",
     "MemorySource",
     "Options",
     "RetryPolicy",

@@ -1,11 +1,11 @@
-"""Command line: ``anyloader demo [URL] [--backend trio] [--workers N]``."""
+"""Command line: ``anyloader demo [URL]`` and ``anyloader profile [URL]``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from ._options import BACKENDS
+from ._options import BACKENDS, DECODERS
 
 __all__ = ["main"]
 
@@ -26,12 +26,85 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=int, default=512, help="rows of the generated dataset")
     demo.add_argument("--size", type=int, default=256, help="side of the generated images")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    profile = commands.add_parser(
+        "profile",
+        help="run one epoch, show where the time went and whether training waits for data",
+    )
+    profile.add_argument(
+        "url", nargs="?", help="deeplake dataset URL (default: the demo's generated dataset)"
+    )
+    profile.add_argument("--backend", choices=BACKENDS, default="asyncio")
+    profile.add_argument("--concurrency", type=int, default=64, help="fetch requests in flight")
+    profile.add_argument("--fetch-size", type=int, default=1, help="rows per fetch request")
+    profile.add_argument("--batch-size", type=int, default=32)
+    profile.add_argument(
+        "--per-sample",
+        action="store_true",
+        help="yield samples and let the DataLoader collate them (default: batch mode)",
+    )
+    profile.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    profile.add_argument("--decode", choices=DECODERS, default="auto")
+    profile.add_argument(
+        "--shuffle", action=argparse.BooleanOptionalAction, default=True, help="seeded shuffle"
+    )
+    profile.add_argument("--unordered", action="store_true", help="ordered=False")
+    profile.add_argument(
+        "--step-ms",
+        type=float,
+        default=0.0,
+        help="simulated training step per batch, in ms (sleeps; 0: no training at all)",
+    )
+    profile.add_argument("--png", default="anyloader-profile.png", help="where to write the figure")
+    profile.add_argument("--rows", type=int, default=512, help="rows of the generated dataset")
+    profile.add_argument("--size", type=int, default=256, help="side of the generated images")
+    profile.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from ._advice import breakdown
+    from ._demo import demo_dataset
+    from ._profile import ProfileSettings, plot_profile, run_profile
+
+    url = demo_dataset(args.rows, args.size) if args.url is None else args.url
+    settings = ProfileSettings(
+        backend=args.backend,
+        concurrency=args.concurrency,
+        fetch_size=args.fetch_size,
+        batch_size=args.batch_size,
+        batch_mode=not args.per_sample,
+        workers=args.workers,
+        decode=args.decode,
+        shuffle=args.shuffle,
+        ordered=not args.unordered,
+        step_ms=args.step_ms,
+    )
+    print(f"dataset  {url}")
+    print(f"settings {settings.describe()}")
+    result = run_profile(url, settings, progress=not args.no_progress)
+    print(
+        f"epoch    {result.rows:,} rows in {result.seconds:.2f} s = "
+        f"{result.rows_per_second:,.0f} rows/s; first batch after {result.startup:.2f} s"
+    )
+    for line in breakdown(result.stats):
+        print(line)
+    print(f"verdict  {result.verdict}")
+    try:
+        plot_profile(result, args.png)
+    except ImportError:
+        print("figure   not drawn: matplotlib is not installed (pip install matplotlib)")
+        return 0
+    print(f"figure   {args.png}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status (1 if the exactly-once check fails)."""
     args = _parser().parse_args(argv)
+    if args.command == "profile":
+        return _profile(args)
+    from ._advice import breakdown
     from ._demo import demo_dataset, run_demo
 
     generated = args.url is None
@@ -52,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         f"rows     {result.rows} in {result.seconds:.2f} s = {result.rows_per_second:,.0f} rows/s"
     )
     print(f"first    batch after {result.first_batch_seconds * 1000:.0f} ms")
+    print("stages   where the time went (docs/stats.md):")
+    for line in breakdown(result.stats):
+        print(f"  {line}")
     verdict = "PASS" if result.exactly_once else "FAIL"
     print(
         f"check    exactly once: {verdict} ({result.expected} expected, "

@@ -13,6 +13,7 @@ from ._options import Options, check_backend, non_negative_int
 from ._plan import plan_groups, rank_length
 from ._rank import Ranks, check_rank, current_shard
 from ._state import Dataset, IterationState
+from ._stats_channel import SharedStats
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from ._options import LoaderOptions
     from ._plan import Rest
     from ._state import Progress
+    from ._stats import EpochStats
 
 __all__ = ["AsyncDataset"]
 
@@ -86,6 +88,7 @@ class AsyncDataset(IterableDataset[Any]):
         # Iterations of this copy: a persistent DataLoader worker's tell its
         # DataLoader iterations apart (see anyloader._epochs).
         self._iterations = 0
+        self._stats = SharedStats()
 
     @property
     def epoch(self) -> int:
@@ -116,6 +119,20 @@ class AsyncDataset(IterableDataset[Any]):
             return 0
         _, world_size = self._ranks.resolve()
         return len(self.config.source) % world_size
+
+    def stats(self) -> EpochStats:
+        """The latest epoch's :class:`~anyloader.EpochStats` (see docs/stats.md).
+
+        In the process that iterates, its latest iteration (so far, while it
+        runs). In a process whose latest iteration ran in DataLoader workers,
+        the sum over those workers of that iteration (one ``iter(loader)``;
+        with persistent workers, each ``iter(loader)`` is a new one), as far as
+        they have reported: workers report every half second while they wait
+        for data and at their end, so it is complete once the DataLoader
+        iterator is exhausted. Inside a worker, the consumer is the worker's
+        own loop, not the training loop. All zero before the first iteration.
+        """
+        return self._stats.latest()
 
     def state_dict(self) -> dict[str, Any]:
         """Where this process's iteration stands, as a JSON-serialisable dict.
@@ -203,4 +220,5 @@ class AsyncDataset(IterableDataset[Any]):
             planned=len(remaining),
             shared=info is not None,
             seed=hash((o.seed, epoch, shard)),
+            stats=self._stats.start(),
         )

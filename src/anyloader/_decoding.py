@@ -18,6 +18,7 @@ import contextvars
 import ctypes
 import ctypes.util
 import functools
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
     from ._options import Options
+    from ._recorder import EpochRecorder
     from ._slabs import BatchSlabs
 
 __all__ = ["EpochDecoding", "current_decoding", "open_decoding"]
@@ -56,12 +58,19 @@ class EpochDecoding:
 
     Guarantee: after :meth:`close`, no decode of this epoch is running and the
     pool's threads have ended. A decode whose waiting task is cancelled is
-    dropped if it has not started (and its result ignored if it has).
+    dropped if it has not started (and its result ignored if it has). With
+    ``stats``, each decode's rows and its CPU time in the thread are counted.
     """
 
-    def __init__(self, settings: DecodeSettings, slabs: BatchSlabs | None = None) -> None:
+    def __init__(
+        self,
+        settings: DecodeSettings,
+        slabs: BatchSlabs | None = None,
+        stats: EpochRecorder | None = None,
+    ) -> None:
         self.settings = settings
         self.slabs = slabs  # batch tensors to decode into, in ordered batch mode
+        self._stats = stats
         self._pool: ThreadPoolExecutor | None = None
         self._call_soon: Callable[..., object] | None = None
         self._closed = False
@@ -76,8 +85,11 @@ class EpochDecoding:
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix="anyloader-decode")
         return self._pool
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any, rows: int = 0, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` in the epoch's pool; return its result.
+
+        ``rows`` (not passed to ``fn``) is how many rows the call decodes; the
+        epoch's stats count them and the CPU time ``fn`` took, once it returns.
 
         Raises:
             RuntimeError: the epoch is over (the pool is closed).
@@ -86,7 +98,18 @@ class EpochDecoding:
         if self._closed:
             raise RuntimeError("this epoch's decode pool is closed")
         done = anyio.Event()
-        future = self._executor().submit(fn, *args, **kwargs)
+        took = [0.0]
+
+        def timed() -> T:
+            # The pool thread's CPU time: neither the wait for a free thread nor
+            # time the thread was not running (other processes) is decoding.
+            start = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                took[0] = time.thread_time() - start
+
+        future = self._executor().submit(timed)
         call_soon = self._call_soon
         assert call_soon is not None
 
@@ -101,7 +124,10 @@ class EpochDecoding:
         except BaseException:
             future.cancel()
             raise
-        return future.result()
+        result = future.result()
+        if self._stats is not None:
+            self._stats.decoded(rows, took[0])
+        return result
 
     def close(self) -> None:
         """Drop queued decodes, wait for running ones (one image each) and end the threads."""
@@ -148,10 +174,10 @@ def current_decoding() -> EpochDecoding | None:
 
 @asynccontextmanager
 async def open_decoding(
-    settings: DecodeSettings, slabs: BatchSlabs | None = None
+    settings: DecodeSettings, slabs: BatchSlabs | None = None, stats: EpochRecorder | None = None
 ) -> AsyncIterator[EpochDecoding]:
     """Provide an :class:`EpochDecoding` to the tasks started in the body; close it at exit."""
-    decoding = EpochDecoding(settings, slabs)
+    decoding = EpochDecoding(settings, slabs, stats)
     token = _current.set(decoding)
     try:
         yield decoding

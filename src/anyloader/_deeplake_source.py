@@ -207,7 +207,11 @@ class DeeplakeSource:
             if slabs is not None and first is not None:
                 into = slabs.destination(name, first, len(rows))
             column, fallback, in_place = await decoding.run(
-                _decode_column, list(values[name]), decoding.settings.image_size, into
+                _decode_column,
+                list(values[name]),
+                decoding.settings.image_size,
+                into,
+                rows=len(rows),
             )
             for row in fallback:  # what we cannot reproduce, deeplake decodes: per row
                 value = await wait_future(self._column(name).get_async([rows[row]]))

@@ -6,13 +6,14 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ._stats import EpochStats
 from ._synthetic import create_image_mask_dataset, read_row_id
 
 __all__ = ["DemoResult", "cache_dir", "demo_dataset", "run_demo"]
@@ -69,6 +70,8 @@ class DemoResult:
     duplicates: int
     missing: int
     mismatched_pairs: int | None
+    #: The loader's stats (summed over workers), with this loop as the consumer.
+    stats: EpochStats = field(default_factory=EpochStats)
 
     @property
     def rows_per_second(self) -> float:
@@ -94,6 +97,7 @@ def run_demo(
     from tqdm import tqdm
 
     from ._dataset import AsyncDataset
+    from ._profile import TrainingClock
 
     # Batch mode: the dataset builds each batch with one copy, so the
     # DataLoader only moves batches (batch_size=None).
@@ -110,15 +114,17 @@ def run_demo(
     seen = np.zeros(len(dataset.config.source), dtype=np.int64)
     mismatched = 0
     first_batch = float("nan")
+    clock = TrainingClock()  # time in next(loader) versus the rest: how input-bound we are
     start = time.perf_counter()
     with tqdm(total=expected, unit="row", disable=not progress, leave=False) as bar:
-        for batch in loader:
+        for batch in clock(loader):
             if first_batch != first_batch:  # NaN: this is the first batch
                 first_batch = time.perf_counter() - start
             indices = batch["index"].numpy()
             np.add.at(seen, indices, 1)
             if pairs:
                 mismatched += int((~batch["pair_ok"]).sum().item())
+            bar.set_postfix_str(f"input-bound {clock.input_bound:.0%}", refresh=False)
             bar.update(len(indices))
     seconds = time.perf_counter() - start
     return DemoResult(
@@ -129,4 +135,5 @@ def run_demo(
         duplicates=int((seen > 1).sum()),
         missing=int((seen == 0).sum()),
         mismatched_pairs=mismatched if pairs else None,
+        stats=clock.applied(dataset.stats()),
     )

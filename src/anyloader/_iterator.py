@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ._exit import close_at_exit
 from ._handout import Handout, batch_slabs, positions_of
 from ._loop_thread import LoopThread
+from ._recorder import EpochRecorder
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -24,7 +25,9 @@ class EpochIterator:
     """Yields an epoch's samples (or batches) while its engine runs on a loop thread.
 
     After each item it reports the epoch's :class:`~anyloader._state.Progress`
-    to ``report``, so a checkpoint taken between two items is exact.
+    to ``report``, so a checkpoint taken between two items is exact. ``stats``
+    records the epoch (the engine's counters, and here the time ``next``
+    waited for the engine); it is finished when the epoch ends, however it ends.
 
     Guarantee: ``StopIteration`` only after every planned row was yielded.
     Leaving early (``close``, ``break``, an exception, garbage collection,
@@ -48,6 +51,7 @@ class EpochIterator:
         planned: int,
         shared: bool,
         seed: int,
+        stats: EpochRecorder | None = None,
     ) -> None:
         self._pid = os.getpid()
         self._done = True  # until the loop thread exists: __del__ has nothing to close
@@ -56,7 +60,10 @@ class EpochIterator:
         self._progress = progress
         self._report = report
         self._give_back_at = max(1, config.budget // 4)
-        self._thread = LoopThread(backend, config, groups, planned, seed=seed, slabs=slabs)
+        self._stats = stats = stats if stats is not None else EpochRecorder()
+        self._thread = LoopThread(
+            backend, config, groups, planned, seed=seed, slabs=slabs, stats=stats
+        )
         self._done = False
         close_at_exit(self)
 
@@ -79,7 +86,10 @@ class EpochIterator:
                 if handout.handed >= self._give_back_at or thread.idle:
                     thread.give_back(handout.handed)
                     handout.handed = 0
-                handout.feed(thread.get())
+                began = self._stats.consumer_waiting()
+                items = thread.get()
+                self._stats.consumer_waited(began)
+                handout.feed(items)
             taken = handout.pop()
         except BaseException:
             self.close()
@@ -97,6 +107,7 @@ class EpochIterator:
         if not self._done:
             self._done = True
             self._thread.close()
+            self._stats.finish()
 
     def __del__(self) -> None:
         self.close()

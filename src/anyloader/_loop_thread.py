@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from ._config import LoaderConfig
     from ._pipeline import Item
+    from ._recorder import EpochRecorder
     from ._slabs import BatchSlabs
 
 __all__ = ["LoopThread"]
@@ -63,13 +64,14 @@ class LoopThread:
         *,
         seed: int,
         slabs: BatchSlabs | None = None,
+        stats: EpochRecorder | None = None,
     ) -> None:
         self._items: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self._pid = os.getpid()
         self._started = threading.Event()
         self._call_soon: Callable[..., object] | None = None
         self._scope: anyio.CancelScope | None = None
-        self._budget = RowBudget(config.budget)
+        self._budget = RowBudget(config.budget, stats)
         self._closed = False
 
         async def main() -> None:
@@ -79,7 +81,14 @@ class LoopThread:
             with anyio.CancelScope() as self._scope:
                 self._started.set()
                 await run_engine(
-                    config, groups, planned, self._budget, self._items.put, seed=seed, slabs=slabs
+                    config,
+                    groups,
+                    planned,
+                    self._budget,
+                    self._items.put,
+                    seed=seed,
+                    slabs=slabs,
+                    stats=stats,
                 )
 
         def run() -> None:

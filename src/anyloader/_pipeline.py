@@ -31,6 +31,7 @@ import anyio
 from ._bridge import open_future_poller
 from ._chunk import Chunk, check_columns
 from ._decoding import DecodeSettings, open_decoding
+from ._recorder import EpochRecorder
 from ._retry import retrying
 from ._slabs import first_index
 
@@ -67,12 +68,17 @@ class ForeignCancellation(RuntimeError):
 
 
 class RowBudget:
-    """Rows handed out and not yet given back; waiters are served first come, first served."""
+    """Rows handed out and not yet given back; waiters are served first come, first served.
 
-    def __init__(self, total: int) -> None:
+    With ``stats``, it is told when the budget fills (someone must wait: the
+    loader waits for the consumer) and when no one waits any more.
+    """
+
+    def __init__(self, total: int, stats: EpochRecorder | None = None) -> None:
         self.total = total
         self.in_use = 0
         self._waiters: deque[tuple[int, anyio.Event]] = deque()
+        self._stats = stats
 
     async def take(self, rows: int) -> None:
         """Wait until ``rows`` fit in the budget, then hold them."""
@@ -80,12 +86,16 @@ class RowBudget:
             self.in_use += rows
             return
         entry = (rows, anyio.Event())
+        if not self._waiters and self._stats is not None:
+            self._stats.loader_blocked()
         self._waiters.append(entry)
         try:
             await entry[1].wait()
         except BaseException:
             if entry in self._waiters:
                 self._waiters.remove(entry)
+                if not self._waiters:
+                    self._no_more_waiters()
             else:  # granted as the wait was cancelled: hand it on
                 self.give_back(rows)
             raise
@@ -93,10 +103,18 @@ class RowBudget:
     def give_back(self, rows: int) -> None:
         """Return ``rows`` and wake the waiters that now fit, in order."""
         self.in_use -= rows
+        if not self._waiters:
+            return
         while self._waiters and self.in_use + self._waiters[0][0] <= self.total:
             granted, event = self._waiters.popleft()
             self.in_use += granted
             event.set()
+        if not self._waiters:
+            self._no_more_waiters()
+
+    def _no_more_waiters(self) -> None:
+        if self._stats is not None:
+            self._stats.loader_unblocked()
 
 
 async def _own_cancellation(exc: BaseException) -> None:
@@ -123,6 +141,7 @@ async def run_engine(
     *,
     seed: int,
     slabs: BatchSlabs | None = None,
+    stats: EpochRecorder | None = None,
 ) -> None:
     """Fetch every group of ``groups``; ``emit`` each chunk, then exactly one outcome.
 
@@ -133,9 +152,13 @@ async def run_engine(
     group, and :class:`Failed` for the first failure, whatever its type
     (including ``KeyboardInterrupt`` and a cancellation exception the engine
     did not cause). On cancellation from outside it emits nothing more and
-    every fetch is cancelled before it returns.
+    every fetch is cancelled before it returns. ``stats`` (if given) counts
+    each fetch, its latency, retries, faults and decode time.
     """
     options = config.options
+    if stats is None:
+        stats = EpochRecorder()
+    fetch_started, fetched, on_fault = stats.fetch_started, stats.fetched, stats.fault
     source, columns, fetch_size = config.source, config.columns, options.fetch_size
     retry, is_transient = config.retry, config.is_transient
     rng = random.Random(seed)
@@ -172,9 +195,12 @@ async def run_engine(
             async def attempt(indices: list[int] = indices) -> Any:
                 return await source.fetch(indices, columns)
 
+            started = fetch_started()
             try:
                 try:
-                    values = await retrying(attempt, retry, is_transient, rng, rows=indices)
+                    values = await retrying(
+                        attempt, retry, is_transient, rng, rows=indices, on_fault=on_fault
+                    )
                 except anyio.get_cancelled_exc_class() as exc:
                     await _own_cancellation(exc)
                 values = check_columns(values, columns, len(indices))
@@ -186,12 +212,14 @@ async def run_engine(
                     emit(Failed(exc))
                 scope.cancel()
                 return
-            deliver(seq, Chunk(positions, rows, {c: values[c] for c in columns}))
+            picked = {c: values[c] for c in columns}
+            fetched(len(indices), picked, started)
+            deliver(seq, Chunk(positions, rows, picked))
 
     # One poller wakes every fetch waiting on a deeplake future (see anyloader._bridge);
     # the decode pool is the epoch's, and is joined after every fetch has ended.
     async with (
-        open_decoding(DecodeSettings.of(options), slabs),
+        open_decoding(DecodeSettings.of(options), slabs, stats),
         open_future_poller(),
         anyio.create_task_group() as tg,
     ):

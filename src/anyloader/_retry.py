@@ -96,6 +96,7 @@ async def retrying(
     rng: random.Random,
     *,
     rows: Iterable[int] = (),
+    on_fault: Callable[..., object] | None = None,
 ) -> T:
     """Run ``attempt`` until it succeeds, a non-transient error occurs, or retries run out.
 
@@ -106,6 +107,9 @@ async def retrying(
     its traceback), with a note naming the ``rows`` being fetched, how many
     attempts were made and why it gave up (retries exhausted, or an error
     that is not transient). Cancellation is never retried or delayed.
+    ``on_fault(exc, retried=..., timed_out=...)`` hears of every failed
+    attempt: whether it will be tried again, and whether ``policy.timeout``
+    cut it.
 
     Raises:
         Exception: the last error of ``attempt``.
@@ -113,14 +117,19 @@ async def retrying(
     tries = 0
     while True:
         tries += 1
+        scope: anyio.CancelScope | None = None
         try:
             if policy.timeout is None:
                 return await attempt()
-            with anyio.fail_after(policy.timeout):
+            with anyio.fail_after(policy.timeout) as scope:
                 return await attempt()
         except Exception as exc:
             transient = is_transient(exc)
-            if tries > policy.retries or not transient:
+            retried = transient and tries <= policy.retries
+            if on_fault is not None:
+                timed_out = scope is not None and scope.cancelled_caught
+                on_fault(exc, retried=retried, timed_out=timed_out)
+            if not retried:
                 if transient:
                     why = f"retries exhausted: retries={policy.retries}"
                 else:

@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 
 from ._config import LoaderConfig
 from ._handout import Handout, batch_slabs
 from ._options import Options, non_negative_int
 from ._pipeline import Item, RowBudget, run_engine
 from ._plan import Shard, plan_groups, shard_plan
+from ._recorder import EpochRecorder
 from ._state import Dataset
 
 if TYPE_CHECKING:
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
     from ._options import LoaderOptions
     from ._slabs import BatchSlabs
+    from ._stats import EpochStats
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -50,11 +53,25 @@ class SampleStream:
     """
 
     def __init__(
-        self, receive: MemoryObjectReceiveStream[Item], budget: RowBudget, handout: Handout
+        self,
+        receive: MemoryObjectReceiveStream[Item],
+        budget: RowBudget,
+        handout: Handout,
+        stats: EpochRecorder,
     ) -> None:
         self._receive = receive
         self._budget = budget
         self._handout = handout
+        self._stats = stats
+
+    def stats(self) -> EpochStats:
+        """This epoch's :class:`~anyloader.EpochStats` so far (final once it ended).
+
+        The consumer is the task calling :meth:`receive`: its wait is the time
+        ``receive`` waited for the engine. The epoch's clock stops when the
+        stream ends or the ``open_stream`` block exits.
+        """
+        return self._stats.snapshot()
 
     async def receive(self) -> Any:
         """The next sample (or batch).
@@ -68,7 +85,15 @@ class SampleStream:
             self._budget.give_back(handout.handed)
             handout.handed = 0
             try:
-                handout.feed([await self._receive.receive()])
+                # What receive() does, with the clock read only when it must wait.
+                await anyio.lowlevel.checkpoint()
+                try:
+                    item = self._receive.receive_nowait()
+                except anyio.WouldBlock:
+                    began = self._stats.consumer_waiting()
+                    item = await self._receive.receive()
+                    self._stats.consumer_waited(began)
+                handout.feed([item])
                 while True:  # whatever else is ready, without a checkpoint per item
                     handout.feed([self._receive.receive_nowait()])
             except anyio.WouldBlock:
@@ -78,6 +103,7 @@ class SampleStream:
                 handout.feed_end()
         taken = handout.pop()
         if taken is None:
+            self._stats.finish()
             raise anyio.EndOfStream
         return taken[0]
 
@@ -127,11 +153,12 @@ async def open_stream(
     order = Dataset.of(len(config.source), o).order(epoch)
     plan = shard_plan(order, shard, even=o.even)
     positions = range(min(start, plan.length), plan.length)
-    budget = RowBudget(config.budget)
+    stats = EpochRecorder()
+    budget = RowBudget(config.budget, stats)
     # Chunks in flight hold at least a row of budget each, plus the outcome: never full.
     send, receive = anyio.create_memory_object_stream[Item](config.budget + 1)
     slabs = batch_slabs(o, len(positions), shared=False)
-    stream = SampleStream(receive, budget, Handout(o, shared=False, slabs=slabs))
+    stream = SampleStream(receive, budget, Handout(o, shared=False, slabs=slabs), stats)
     body_error: BaseException | None = None
     try:
         async with anyio.create_task_group() as tg:
@@ -144,6 +171,7 @@ async def open_stream(
                 send,
                 hash((o.seed, epoch, shard)),
                 slabs,
+                stats,
             )
             try:
                 with receive:
@@ -154,6 +182,7 @@ async def open_stream(
                 body_error = exc
             finally:
                 tg.cancel_scope.cancel()
+                stats.finish()
     except BaseExceptionGroup as group:
         # Only the engine's own tasks are in this group, never the block's errors.
         if len(group.exceptions) == 1 and body_error is None:
@@ -171,6 +200,7 @@ async def _run(
     send: MemoryObjectSendStream[Item],
     seed: int,
     slabs: BatchSlabs | None,
+    stats: EpochRecorder,
 ) -> None:
     def emit(item: Item) -> None:
         # Broken: the block has exited, nobody reads this epoch, and it is being cancelled.
@@ -178,4 +208,4 @@ async def _run(
             send.send_nowait(item)
 
     with send:
-        await run_engine(config, groups, planned, budget, emit, seed=seed, slabs=slabs)
+        await run_engine(config, groups, planned, budget, emit, seed=seed, slabs=slabs, stats=stats)

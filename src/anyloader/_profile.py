@@ -1,0 +1,334 @@
+"""``anyloader profile``: one epoch with given settings, where its time went, and a picture.
+
+The run iterates a torch DataLoader over an ``AsyncDataset`` the way a
+training loop would, optionally sleeping ``step_ms`` per batch as a stand-in
+for the training step, and times that loop itself (:class:`TrainingClock`):
+time inside ``next(loader)`` is time training waited for data. The dataset
+records a bounded timeline (profile runs only) of requests in flight and of
+the loader waiting for the consumer, in DataLoader workers too. The result
+prints as a stage breakdown and a verdict (:func:`anyloader._advice.advise`)
+and draws as a PNG (:func:`plot_profile`).
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._advice import Setup, Verdict, advise
+from ._decode import usable_cpus
+from ._stats import BUCKETS, bucket_bounds
+from ._timeline import CONSUMER_WAIT, IN_FLIGHT, LOADER_WAIT, Timeline, TimelineData
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+    from pathlib import Path
+
+    from ._stats import EpochStats
+
+__all__ = ["ProfileResult", "ProfileSettings", "TrainingClock", "plot_profile", "run_profile"]
+
+T = TypeVar("T")
+_clock = time.perf_counter
+TIMELINE_BINS = 120  # the figure stays readable; bins widen as the epoch grows
+
+
+class TrainingClock:
+    """Times a loop over a loader: time inside ``iter``/``next`` (waiting for data) and in all.
+
+    ``for batch in clock(loader)``; :meth:`applied` puts the result into a
+    loader's stats in place of the consumer fields, so their ``input_bound``
+    is the training loop's own.
+    """
+
+    def __init__(self, timeline: Timeline | None = None) -> None:
+        self.wait = 0.0
+        self.startup = 0.0  # iter() and the first next(): workers starting, first fetches
+        self.started: float | None = None
+        self.ended: float | None = None
+        self._timeline = timeline
+
+    def _waited(self, start: float, end: float) -> None:
+        self.wait += end - start
+        if self._timeline is not None:
+            self._timeline.interval(CONSUMER_WAIT, start, end)
+
+    def __call__(self, loader: Iterable[T]) -> Iterator[T]:
+        self.started = start = _clock()
+        iterator = iter(loader)  # starts DataLoader workers: training waits for that too
+        first = True
+        while True:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                self.ended = end = _clock()
+                self._waited(start, end)
+                return
+            end = _clock()
+            self._waited(start, end)
+            if first:
+                self.startup, first = end - self.started, False
+            yield item
+            start = _clock()
+
+    @property
+    def seconds(self) -> float:
+        """From the start of the loop to its end (or now)."""
+        if self.started is None:
+            return 0.0
+        return (self.ended if self.ended is not None else _clock()) - self.started
+
+    @property
+    def input_bound(self) -> float:
+        """Share of the loop's time spent waiting for data."""
+        seconds = self.seconds
+        return min(1.0, self.wait / seconds) if seconds > 0 else 0.0
+
+    def applied(self, stats: EpochStats) -> EpochStats:
+        """``stats`` with this loop as the consumer."""
+        return replace(stats, consumer_seconds=self.seconds, consumer_wait_seconds=self.wait)
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """What ``anyloader profile`` runs: the loader's main options and a simulated step."""
+
+    backend: str = "asyncio"
+    concurrency: int = 64
+    fetch_size: int = 1
+    batch_size: int = 32
+    batch_mode: bool = True
+    workers: int = 0
+    decode: str = "auto"
+    shuffle: bool = True
+    ordered: bool = True
+    step_ms: float = 0.0
+
+    def describe(self) -> str:
+        mode = "batch mode" if self.batch_mode else "per-sample"
+        return (
+            f"backend={self.backend} concurrency={self.concurrency} fetch_size={self.fetch_size} "
+            f"batch_size={self.batch_size} ({mode}) workers={self.workers} decode={self.decode} "
+            f"shuffle={self.shuffle} ordered={self.ordered} step={self.step_ms:g} ms"
+        )
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    """One profiled epoch: the loader's stats as the training loop saw them, timelines, verdict.
+
+    ``stats`` is the loader's (summed over workers) with the consumer fields
+    replaced by the training loop's own timing, and, with workers, the
+    training process's CPU time added to theirs; ``loader`` is as recorded.
+    """
+
+    settings: ProfileSettings
+    url: str
+    rows: int
+    seconds: float
+    startup: float
+    stats: EpochStats
+    loader: EpochStats
+    verdict: Verdict
+    timeline: TimelineData | None
+    training: TimelineData
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+def _rows_in(batch: Any) -> int:
+    values = batch.values() if isinstance(batch, dict) else [batch]
+    return len(next(iter(values)))
+
+
+def run_profile(url: str, settings: ProfileSettings, *, progress: bool = True) -> ProfileResult:
+    """Run one epoch of ``url`` with ``settings`` through a torch DataLoader and time it.
+
+    Raises:
+        TypeError, ValueError: bad settings (from ``AsyncDataset``).
+        Exception: the epoch's failure, as the loader raised it.
+    """
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from ._dataset import AsyncDataset
+    from ._stats_channel import SharedStats
+
+    s = settings
+    dataset = AsyncDataset(
+        url,
+        backend=s.backend,
+        concurrency=s.concurrency,
+        fetch_size=s.fetch_size,
+        batch_size=s.batch_size if s.batch_mode else None,
+        decode=s.decode,
+        shuffle=s.shuffle,
+        ordered=s.ordered,
+    )
+    origin = _clock()
+    # Profile runs only: the dataset and its workers also record a timeline.
+    dataset._stats = SharedStats(timeline_bins=TIMELINE_BINS, origin=origin)
+    loader: DataLoader[Any] = DataLoader(
+        dataset,
+        batch_size=None if s.batch_mode else s.batch_size,
+        num_workers=s.workers,
+    )
+    training = Timeline(origin, bins=TIMELINE_BINS)
+    clock = TrainingClock(training)
+    rows = 0
+    cpu = time.process_time()
+    with tqdm(total=len(dataset), unit="row", disable=not progress, leave=False) as bar:
+        for batch in clock(loader):
+            n = _rows_in(batch)
+            rows += n
+            bar.set_postfix_str(f"input-bound {clock.input_bound:.0%}", refresh=False)
+            bar.update(n)
+            if s.step_ms:
+                time.sleep(s.step_ms / 1000)  # the training step this run stands in for
+    cpu = time.process_time() - cpu
+    measured = dataset.stats()
+    stats = clock.applied(measured)
+    if s.workers:  # in-process, the loader's CPU time is this process's already
+        stats = replace(stats, cpu_seconds=stats.cpu_seconds + cpu)
+    setup = Setup(
+        concurrency=s.concurrency,
+        fetch_size=s.fetch_size,
+        batch_mode=s.batch_mode,
+        workers=s.workers,
+        ordered=s.ordered,
+        cpus=usable_cpus(),
+    )
+    return ProfileResult(
+        settings=s,
+        url=url,
+        rows=rows,
+        seconds=clock.seconds,
+        startup=clock.startup,
+        stats=stats,
+        loader=measured,
+        verdict=advise(stats, setup, startup=clock.startup),
+        timeline=dataset._stats.latest_timeline(),
+        training=training.snapshot(clock.ended or _clock()),
+    )
+
+
+def _latency_panel(ax: Any, stats: EpochStats) -> None:
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    h = stats.fetch_latency
+    used = [i for i in range(BUCKETS) if h.counts[i]]
+    ax.set_title(f"Fetch latency: {h.count:,} fetches (time from request to rows ready)")
+    ax.set_xlabel("fetch latency (ms, log scale)")
+    ax.set_ylabel("fetches")
+    if not used:
+        ax.text(0.5, 0.5, "no fetches", transform=ax.transAxes, ha="center")
+        return
+    first, last = used[0], used[-1]
+    edges = []
+    for i in range(first, last + 1):
+        low = bucket_bounds(i)[0]
+        edges.append(low if low > 0 else bucket_bounds(1)[0] / 2 ** (1 / 8))
+    final = bucket_bounds(last)[1]
+    edges.append(final if math.isfinite(final) else max(h.max_seconds, edges[-1]) * 1.1)
+    ms = [e * 1000 for e in edges]
+    ax.stairs(h.counts[first : last + 1], ms, fill=True, color="#4c72b0", alpha=0.75)
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain if last - first < 3 * 8 else NullFormatter())
+    for q, color in ((50, "#2ca02c"), (95, "#ff7f0e"), (99, "#d62728")):
+        value = h.percentile(q) * 1000
+        ax.axvline(value, color=color, linestyle="--", label=f"p{q} = {value:.2f} ms")
+    ax.legend(loc="upper right")
+
+
+def _trimmed(data: TimelineData, seconds: float) -> int:
+    """Bins that cover the run (the rest is empty future)."""
+    return max(1, min(data.bins, math.ceil(seconds / data.width)))
+
+
+def plot_profile(result: ProfileResult, path: str | Path) -> None:
+    """Draw ``result`` as a PNG: fetch latency histogram, requests in flight, who waited when.
+
+    Raises:
+        ImportError: matplotlib is not installed (``pip install matplotlib``).
+        OSError: ``path`` cannot be written.
+    """
+    from matplotlib.figure import Figure
+
+    stats, training = result.stats, result.training
+    timeline = result.timeline or TimelineData.empty(training.origin, training.bins, training.width)
+    width = max(timeline.width, training.width)
+    timeline, training = timeline.coarsened(width), training.coarsened(width)
+    n = _trimmed(timeline, result.seconds)
+    times = [(i + 0.5) * width for i in range(n)]
+
+    fig = Figure(figsize=(11, 10.5), layout="constrained")
+    latency_ax, flight_ax, wait_ax = fig.subplots(3, 1, gridspec_kw={"height_ratios": [1.1, 1, 1]})
+    title = textwrap.fill(f"anyloader profile — {result.verdict}", 80)
+    fig.suptitle(title, fontsize=14, fontweight="bold")
+    url = result.url if len(result.url) <= 60 else "…" + result.url[-59:]
+    latency_ax.annotate(
+        f"{result.rows:,} rows in {result.seconds:.2f} s = {result.rows_per_second:,.0f} rows/s"
+        f"   |   {url}\n{result.settings.describe()}",
+        xy=(0.5, 1.0),
+        xycoords="axes fraction",
+        xytext=(0, 28),
+        textcoords="offset points",
+        ha="center",
+        va="bottom",
+        fontsize=9,
+        color="#333333",
+    )
+    _latency_panel(latency_ax, stats)
+
+    flight = [timeline.series[IN_FLIGHT][i] / width for i in range(n)]
+    flight_ax.fill_between(times, flight, step="mid", color="#4c72b0", alpha=0.35)
+    flight_ax.step(times, flight, where="mid", color="#4c72b0", label="requests in flight (mean)")
+    flight_ax.axhline(
+        result.settings.concurrency * max(1, result.settings.workers),
+        color="gray",
+        linestyle=":",
+        label="concurrency limit (all workers)",
+    )
+    flight_ax.set_title("Fetch requests in flight over the epoch")
+    flight_ax.set_ylabel("requests in flight")
+    flight_ax.set_xlabel("time since start (s)")
+    flight_ax.set_ylim(0, result.settings.concurrency * max(1, result.settings.workers) * 1.3)
+    flight_ax.legend(loc="upper right")
+
+    parts = max(1, result.settings.workers)
+    waiting = [100 * training.series[CONSUMER_WAIT][i] / width for i in range(n)]
+    blocked = [100 * timeline.series[LOADER_WAIT][i] / width / parts for i in range(n)]
+    wait_ax.fill_between(times, waiting, step="mid", color="#d62728", alpha=0.3)
+    wait_ax.step(
+        times,
+        waiting,
+        where="mid",
+        color="#d62728",
+        label=f"training waiting for data (input-bound {stats.input_bound:.0%} overall)",
+    )
+    wait_ax.fill_between(times, blocked, step="mid", color="#7f7f7f", alpha=0.15)
+    wait_ax.step(
+        times,
+        blocked,
+        where="mid",
+        color="#7f7f7f",
+        label="loader waiting for training (row budget full)",
+    )
+    wait_ax.set_title("Who waited for whom")
+    wait_ax.set_ylabel("share of time (%)")
+    wait_ax.set_xlabel("time since start (s)")
+    wait_ax.set_ylim(0, 130)
+    wait_ax.set_yticks(range(0, 101, 20))
+    wait_ax.legend(loc="upper right")
+    for ax in (flight_ax, wait_ax):
+        ax.set_xlim(0, n * width)
+        ax.grid(alpha=0.3)
+    latency_ax.grid(alpha=0.3, which="both", axis="x")
+    fig.savefig(path, dpi=100)
