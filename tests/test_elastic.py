@@ -8,6 +8,7 @@ arithmetic in ``anyloader._plan``; it only runs plans and counts.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections import Counter
 
@@ -279,3 +280,20 @@ def test_len_counts_the_batches_it_yields(workers: int, batch_mode: bool) -> Non
     got = list(dl)
     assert len(dl) == len(got) == {0: 3, 1: 3, 2: 4}[workers]
     assert sorted(i for b in got for i in indices(b)) == list(range(10))
+
+
+def test_stats_sum_the_workers_and_time_the_training_loop() -> None:
+    dl = loader(24, 0, 1, 2, 4, True)
+    assert dl.stats().rows == 0  # before the first iteration
+    steps = 0
+    for _ in dl:
+        time.sleep(0.02)  # the training step: time outside next(loader)
+        steps += 1
+    stats = dl.stats()
+    assert stats.rows == 24  # both workers' rows, summed in this process
+    assert stats.workers == 2
+    # The consumer is the training loop here (a worker's own loop never sleeps):
+    # at least the steps' time, of which most was not spent waiting for data.
+    assert stats.consumer_seconds >= 0.02 * steps
+    assert stats.consumer_wait_seconds < stats.consumer_seconds
+    assert 0 <= stats.input_bound < 1

@@ -26,10 +26,13 @@ import torch.utils.data
 from ._dataset import AsyncDataset
 from ._options import non_negative_int, positive_int
 from ._plan import Cut, Rest, rank_steps
+from ._profile import TrainingClock
 from ._state import StateError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from ._stats import EpochStats
 
 __all__ = ["DataLoader", "UnevenStepsWarning"]
 
@@ -115,6 +118,8 @@ class DataLoader(torch.utils.data.DataLoader[Any]):
       With the same layout they come in the same order as they would have.
     * Ranks whose step counts differ get an :class:`UnevenStepsWarning` at
       iteration start (use ``even=True``, or torch's ``Join``).
+    * :meth:`stats` is the epoch's stats over all workers, with the share of
+      the training loop's time spent waiting for data.
 
     Raises:
         TypeError: ``dataset`` is not an ``AsyncDataset``.
@@ -156,6 +161,7 @@ class DataLoader(torch.utils.data.DataLoader[Any]):
         self._rows_per_step: int = rows_per_step
         self._position = Position(dataset.epoch)
         self._loaded: Position | None = None
+        self._clock: TrainingClock | None = None
 
     @property
     def _async_dataset(self) -> AsyncDataset:
@@ -220,10 +226,23 @@ class DataLoader(torch.utils.data.DataLoader[Any]):
         return self._count(iterator)
 
     def _count(self, iterator: Iterator[Any]) -> Iterator[Any]:
-        for batch in iterator:
+        self._clock = clock = TrainingClock()
+        for batch in clock(iterator):
             self._position = self._position.step()
             yield batch
         self._position = self._position.end()
+
+    def stats(self) -> EpochStats:
+        """The latest iteration's :class:`~anyloader.EpochStats`, the training loop's view.
+
+        The dataset's stats (summed over this loader's workers, see
+        ``AsyncDataset.stats``) with the consumer fields measured here: time
+        the training loop spent inside ``next(loader)`` against all its time
+        since the first ``next``, so ``input_bound`` is the share of training
+        time spent waiting for data. Complete once the iterator is exhausted.
+        """
+        stats = self._async_dataset.stats()
+        return stats if self._clock is None else self._clock.applied(stats)
 
     def _snapshot(self) -> Position:
         """What the next iteration would resume from, if this process stopped now."""
