@@ -10,6 +10,11 @@ from ._options import BACKENDS, DECODERS
 __all__ = ["main"]
 
 
+def _add_dataset_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("url", nargs="?", help=f"deeplake dataset URL (default: {default})")
+    parser.add_argument("--backend", choices=BACKENDS, default="asyncio")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anyloader", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -17,10 +22,7 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="stream one epoch through a torch DataLoader and check exactly-once delivery",
     )
-    demo.add_argument(
-        "url", nargs="?", help="deeplake dataset URL (default: a generated image/mask dataset)"
-    )
-    demo.add_argument("--backend", choices=BACKENDS, default="asyncio")
+    _add_dataset_arguments(demo, "a generated image/mask dataset")
     demo.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     demo.add_argument("--batch-size", type=int, default=32)
     demo.add_argument("--rows", type=int, default=512, help="rows of the generated dataset")
@@ -31,10 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         "profile",
         help="run one epoch, show where the time went and whether training waits for data",
     )
-    profile.add_argument(
-        "url", nargs="?", help="deeplake dataset URL (default: the demo's generated dataset)"
-    )
-    profile.add_argument("--backend", choices=BACKENDS, default="asyncio")
+    _add_dataset_arguments(profile, "the demo's generated dataset")
     profile.add_argument("--concurrency", type=int, default=64, help="fetch requests in flight")
     profile.add_argument("--fetch-size", type=int, default=1, help="rows per fetch request")
     profile.add_argument("--batch-size", type=int, default=32)

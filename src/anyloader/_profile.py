@@ -252,6 +252,14 @@ def _trimmed(data: TimelineData, seconds: float) -> int:
     return max(1, min(data.bins, math.ceil(seconds / data.width)))
 
 
+def _filled_steps(
+    ax: Any, times: list[float], values: list[float], color: str, alpha: float, label: str
+) -> None:
+    """A series as a step line over a light fill of the same colour."""
+    ax.fill_between(times, values, step="mid", color=color, alpha=alpha)
+    ax.step(times, values, where="mid", color=color, label=label)
+
+
 def plot_profile(result: ProfileResult, path: str | Path) -> None:
     """Draw ``result`` as a PNG: fetch latency histogram, requests in flight, who waited when.
 
@@ -288,8 +296,7 @@ def plot_profile(result: ProfileResult, path: str | Path) -> None:
     _latency_panel(latency_ax, stats)
 
     flight = [timeline.series[IN_FLIGHT][i] / width for i in range(n)]
-    flight_ax.fill_between(times, flight, step="mid", color="#4c72b0", alpha=0.35)
-    flight_ax.step(times, flight, where="mid", color="#4c72b0", label="requests in flight (mean)")
+    _filled_steps(flight_ax, times, flight, "#4c72b0", 0.35, "requests in flight (mean)")
     flight_ax.axhline(
         result.settings.concurrency * max(1, result.settings.workers),
         color="gray",
@@ -305,22 +312,10 @@ def plot_profile(result: ProfileResult, path: str | Path) -> None:
     parts = max(1, result.settings.workers)
     waiting = [100 * training.series[CONSUMER_WAIT][i] / width for i in range(n)]
     blocked = [100 * timeline.series[LOADER_WAIT][i] / width / parts for i in range(n)]
-    wait_ax.fill_between(times, waiting, step="mid", color="#d62728", alpha=0.3)
-    wait_ax.step(
-        times,
-        waiting,
-        where="mid",
-        color="#d62728",
-        label=f"training waiting for data (input-bound {stats.input_bound:.0%} overall)",
-    )
-    wait_ax.fill_between(times, blocked, step="mid", color="#7f7f7f", alpha=0.15)
-    wait_ax.step(
-        times,
-        blocked,
-        where="mid",
-        color="#7f7f7f",
-        label="loader waiting for training (row budget full)",
-    )
+    label = f"training waiting for data (input-bound {stats.input_bound:.0%} overall)"
+    _filled_steps(wait_ax, times, waiting, "#d62728", 0.3, label)
+    label = "loader waiting for training (row budget full)"
+    _filled_steps(wait_ax, times, blocked, "#7f7f7f", 0.15, label)
     wait_ax.set_title("Who waited for whom")
     wait_ax.set_ylabel("share of time (%)")
     wait_ax.set_xlabel("time since start (s)")
