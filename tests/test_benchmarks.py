@@ -233,6 +233,12 @@ def test_serve_answers_on_loopback_and_stops() -> None:
         s3_server.create_bucket(endpoint, "anyloader-test")
         with urllib.request.urlopen(f"{endpoint}/anyloader-test", timeout=10) as answer:
             assert answer.status == 200
+            body = answer.read()
+        counts = s3_server.counts(endpoint)  # the counters' own request is not counted
+        assert counts == s3_server.counts(endpoint)
+        assert counts["gets"] == 1
+        assert counts["get_bytes"] == len(body) > 0
+        assert counts["requests"] == 2  # the bucket's PUT and the GET
         servers = [
             p
             for p in psutil.Process().children()
