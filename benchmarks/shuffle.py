@@ -4,7 +4,8 @@ Usage::
 
     .venv/bin/python -m benchmarks.shuffle [--rows 20000] [--size 512] [--latency-ms 20]
         [--repeats 3] [--block-size 32] [--windows 2,8] [--modes batch,sample]
-        [--out benchmarks/results/shuffle] [--cache-dir benchmarks/results/cache]
+        [--concurrency N] [--probe-rows 2000] [--out benchmarks/results/shuffle]
+        [--cache-dir benchmarks/results/cache]
 
 It builds (once, cached) the harness's dataset of ``rows`` JPEG images with
 binary masks (``benchmarks.datasets``), serves it from the harness's moto S3
@@ -37,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from anyloader._options import Options
 
 from . import datasets, s3_server
 from .loaders import COLUMNS, LoaderSpec
@@ -158,11 +161,13 @@ def measure(
     out: Path,
     run: Run | None = None,
     progress: Callable[[str], None] | None = None,
+    concurrency: int = 0,
 ) -> list[dict[str, Any]]:
     """One epoch per (repeat, mode, setting) on ``store``; every run's result.
 
     The settings' order rotates by one each repeat. ``run`` runs one
     ``benchmarks.worker`` task (default: a fresh process, 900 s allowed).
+    ``concurrency`` is anyloader's option (0: its default).
     """
     run = run or _subprocess_run(900.0, 15.0)
     for sub in ("logs", "runs"):
@@ -180,6 +185,7 @@ def measure(
                     shuffle=bool(options.get("shuffle")),
                     shuffle_block_size=options.get("shuffle_block_size", 0),
                     shuffle_window=options.get("shuffle_window", 0),
+                    concurrency=concurrency,
                 )
                 if progress:
                     progress(f"repeat {repeat + 1}/{repeats} {spec.name}")
@@ -262,41 +268,51 @@ def markdown(summary: Sequence[dict[str, Any]], units: dict[str, Any] | None) ->
     return "\n".join(lines)
 
 
+_MODE_STYLE = {
+    "batch": ("o", "#3a7dc9", "batch mode: AsyncDataset(batch_size=32)"),
+    "sample": ("s", "#e07b39", "per-sample mode: DataLoader(AsyncDataset(), batch_size=32)"),
+}
+_RANDOMNESS_LABEL = "randomness of the order\n(0 = sequential, 1 = uniform shuffle)"
+
+
 def plot(summary: Sequence[dict[str, Any]], path: Path, title: str) -> None:
-    """Two panels against randomness: rows/s (median, runs as dots) and GET requests per row."""
+    """rows/s against randomness, a panel per mode, and GET requests per row against randomness."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2))
-    markers = {"batch": ("o", "#3a7dc9"), "sample": ("s", "#e07b39")}
-    labels = {
-        "batch": "batch mode (AsyncDataset batch_size=32)",
-        "sample": "per-sample mode (DataLoader batch_size=32)",
-    }
     modes = list(dict.fromkeys(r["mode"] for r in summary))
-    for k, mode in enumerate(modes):
-        marker, color = markers.get(mode, ("^", "#777777"))
+    fig, axes = plt.subplots(1, len(modes) + 1, figsize=(5.6 * (len(modes) + 1), 5.4))
+    top = max([x for r in summary for x in r["rows_per_s_runs"]] + [1.0])
+    for ax, mode in zip(axes, modes, strict=False):
+        marker, color, label = _MODE_STYLE.get(mode, ("^", "#777777", mode))
         mine = [r for r in summary if r["mode"] == mode and r["rows_per_s"] is not None]
-        xs = [r["randomness"] for r in mine]
-        left.plot(xs, [r["rows_per_s"] for r in mine], marker, color=color, ms=9, ls="")
-        left.plot([], [], marker, color=color, ms=9, ls="", label=labels.get(mode, mode))
-        right.plot(xs, [r["gets_per_row"] for r in mine], marker, color=color, ms=9, ls="")
-        right.plot([], [], marker, color=color, ms=9, ls="", label=labels.get(mode, mode))
         for r in mine:
-            runs = r["rows_per_s_runs"]
-            left.plot([r["randomness"]] * len(runs), runs, ".", color=color, alpha=0.5, ms=5)
-            left.annotate(
-                f"{r['order']}\n{r['rows_per_s']:.0f}/s, {r['gets_per_row']:.2f} GET/row",
-                (r["randomness"], r["rows_per_s"]),
+            x, runs = r["randomness"], r["rows_per_s_runs"]
+            ax.plot([x] * len(runs), runs, ".", color=color, alpha=0.45, ms=6)
+            ax.plot([x], [r["rows_per_s"]], marker, color=color, ms=10)
+            ax.annotate(
+                f"{r['order']}\n{r['rows_per_s']:.0f} rows/s ({r['x_sequential']:.2f}x)\n"
+                f"{r['gets_per_row']:.2f} GET/row",
+                (x, r["rows_per_s"]),
                 textcoords="offset points",
-                xytext=(8, -4),
+                xytext=(9, -12),
                 fontsize=8,
-                color=color,
             )
-            # Both modes read the same GETs: one label above the point, one below.
-            right.annotate(
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel(_RANDOMNESS_LABEL)
+        ax.set_ylabel("rows/s (large marker: median; dots: each run)")
+        ax.set_ylim(0, 1.12 * top)
+    gets_ax = axes[-1]
+    for k, mode in enumerate(modes):
+        marker, color, label = _MODE_STYLE.get(mode, ("^", "#777777", mode))
+        mine = [r for r in summary if r["mode"] == mode and r["gets_per_row"] is not None]
+        xs, ys = [r["randomness"] for r in mine], [r["gets_per_row"] for r in mine]
+        gets_ax.plot(xs, ys, marker, color=color, ms=9, ls="", label=mode)
+        for r in mine:
+            # The modes often read alike: one mode's labels above its points, the other's below.
+            gets_ax.annotate(
                 f"{r['order']}: {r['gets_per_row']:.2f}",
                 (r["randomness"], r["gets_per_row"]),
                 textcoords="offset points",
@@ -305,29 +321,18 @@ def plot(summary: Sequence[dict[str, Any]], path: Path, title: str) -> None:
                 color=color,
             )
     columns = len(COLUMNS)
-    right.axhline(columns, color="#9e9e9e", ls="--", lw=1)
-    right.text(
-        0.0,
-        columns,
-        f" {columns} = one GET per row per column (no reuse at all)",
-        va="bottom",
-        fontsize=8,
-        color="#666666",
-    )
-    left.set_xlabel("randomness of the order (0 = sequential, 1 = uniform shuffle)")
-    left.set_ylabel("rows/s (marker: median; dots: single runs)")
-    left.set_title("throughput")
-    left.set_ylim(bottom=0)
-    left.legend(loc="lower left", fontsize=8)
-    right.set_xlabel("randomness of the order (0 = sequential, 1 = uniform shuffle)")
-    right.set_ylabel("GET requests per row (median)")
-    right.set_title("requests to the store")
-    right.set_ylim(0, columns * 1.12)
-    right.legend(loc="center right", fontsize=8)
-    for ax in (left, right):
-        ax.set_xlim(-0.05, 1.35)
+    gets_ax.axhline(columns, color="#9e9e9e", ls="--", lw=1)
+    gets_ax.text(-0.02, columns, f" {columns}: one GET per row per column", va="bottom", fontsize=8)
+    highest = max([r["gets_per_row"] or 0.0 for r in summary] + [columns])
+    gets_ax.set_ylim(0, 1.12 * highest)
+    gets_ax.set_title("requests to the store", fontsize=10)
+    gets_ax.set_xlabel(_RANDOMNESS_LABEL)
+    gets_ax.set_ylabel("GET requests per row (median of runs)")
+    gets_ax.legend(loc="center left", fontsize=8)
+    for ax in axes:
+        ax.set_xlim(-0.05, 1.45)
         ax.grid(alpha=0.3)
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -346,6 +351,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--windows", default="2,8", help="shuffle_window values (default 2,8)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: batch,sample")
+    parser.add_argument(
+        "--concurrency", type=int, default=0, help="anyloader's concurrency (default: its default)"
+    )
     parser.add_argument(
         "--probe-rows", type=int, default=2000, help="rows read to find the GET unit (0: skip)"
     )
@@ -383,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out,
             run=_subprocess_run(args.timeout, 15.0),
             progress=lambda text: print(text, file=sys.stderr, flush=True),
+            concurrency=args.concurrency,
         )
     summary = summarize(runs, settings, args.rows)
     dataset_mib = sum(f.stat().st_size for f in local_dir.rglob("*") if f.is_file()) / 2**20
@@ -396,6 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "block_size": args.block_size,
             "windows": args.windows,
             "modes": args.modes,
+            "concurrency": args.concurrency or None,
             "batch_size": BATCH_SIZE,
             "wall_s": round(time.time() - started, 1),
         },
@@ -409,7 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "shuffle.md").write_text(table + "\n")
     title = (
         f"Epoch order on S3 (moto, {args.latency_ms:g} ms/GET): {args.rows} rows of "
-        f"{args.size}px, {dataset_mib:.0f} MiB; median of {args.repeats} run(s), "
+        f"{args.size}px, {dataset_mib:.0f} MiB; concurrency "
+        f"{args.concurrency or f'{Options().concurrency} (default)'}; "
+        f"median of {args.repeats} run(s), "
         f"{machine['cpus']} cores"
     )
     plot(summary, out / "shuffle.png", title)
