@@ -26,7 +26,9 @@ Stable API (tests rely on it):
 * ``counts(endpoint_url) -> dict[str, int]``: what the server has answered
   since it started: ``gets`` (every GET, faulted ones included),
   ``ranged_gets`` (GETs with a ``Range`` header), ``get_bytes`` (body bytes
-  moto sent for GETs), ``faults`` and ``requests`` (all methods). Take it
+  moto sent for GETs), ``faults``, ``requests`` (all methods) and
+  ``cpu_ms``, the server process's CPU time (it shares the machine with the
+  loader being measured: moto reads a whole object to answer a range). Take it
   before and after a run; the difference is the run's traffic. The counts
   are served at ``COUNTS_PATH`` by the middleware itself, which neither
   delays nor counts that request (no bucket name can start with ``_``).
@@ -110,6 +112,7 @@ class LatencyFaultMiddleware:
                 "get_bytes": self.get_bytes,
                 "faults": self.faults,
                 "requests": self.requests,
+                "cpu_ms": int(time.process_time() * 1000),
             }
 
     def _draw(self, ranged: bool) -> str | None:

@@ -23,7 +23,8 @@ answered during it, from the server's counters (``s3_server.counts``). Per
 setting: medians, ratios to ``sequential`` of the same mode, and the
 randomness of the order (:func:`randomness`). Before the runs it probes how
 many consecutive rows one GET brings, per column (:func:`read_units`).
-Writes ``shuffle.json``, ``shuffle.md`` and ``shuffle.png`` to ``--out``.
+Writes ``shuffle.json``, ``shuffle.md`` and ``shuffle.png`` to ``--out``
+(``--render`` redraws the last two from the first).
 """
 
 from __future__ import annotations
@@ -214,6 +215,11 @@ def summarize(
             rates = [r["samples_per_s"] for r in ok]
             gets = [r["gets"] / r["samples"] for r in ok if r["samples"]]
             mib = [r["get_bytes"] / r["samples"] / 2**20 for r in ok if r["samples"]]
+            store_ms = [
+                r["store_cpu_s"] * 1e3 / r["samples"]
+                for r in ok
+                if r["samples"] and r.get("store_cpu_s") is not None
+            ]
             row = {
                 "mode": mode,
                 "order": name,
@@ -225,6 +231,7 @@ def summarize(
                 "gets_per_row": statistics.median(gets) if gets else None,
                 "gets_per_row_runs": gets,
                 "mib_per_row": statistics.median(mib) if mib else None,
+                "store_cpu_ms_per_row": statistics.median(store_ms) if store_ms else None,
                 "randomness": order_randomness(num_rows, options),
             }
             base = base or row
@@ -245,17 +252,20 @@ def _fmt(value: float | None, spec: str) -> str:
 def markdown(summary: Sequence[dict[str, Any]], units: dict[str, Any] | None) -> str:
     """The results table (and the read-unit probe), as Markdown."""
     lines = [
-        "| mode | order | GET/row | x sequential GETs | MiB/row | rows/s (median) "
-        "| x sequential rows/s | randomness | rows/s of each run |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| mode | order | GET/row | x sequential GETs | MiB/row | store CPU ms/row "
+        "| rows/s (median) "
+        "| x sequential rows/s | randomness | rows/s of each run | GET/row of each run |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in summary:
         each = ", ".join(f"{x:.0f}" for x in r["rows_per_s_runs"])
+        each_gets = ", ".join(f"{x:.3f}" for x in r["gets_per_row_runs"])
         lines.append(
             f"| {r['mode']} | {r['order']} | {_fmt(r['gets_per_row'], '.3f')} "
             f"| {_fmt(r['gets_x_sequential'], '.2f')} | {_fmt(r['mib_per_row'], '.3f')} "
+            f"| {_fmt(r.get('store_cpu_ms_per_row'), '.2f')} "
             f"| {_fmt(r['rows_per_s'], '.0f')} | {_fmt(r['x_sequential'], '.2f')} "
-            f"| {r['randomness']:.2f} | {each} |"
+            f"| {r['randomness']:.2f} | {each} | {each_gets} |"
         )
     if units:
         lines += ["", "| column | rows read | GETs | rows per GET (mean, min, median, max) |"]
@@ -360,6 +370,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where results go")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="dataset cache")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per run")
+    parser.add_argument(
+        "--render", action="store_true", help="only redraw --out's table and plot from its JSON"
+    )
     args = parser.parse_args(argv)
     args.windows = [int(w) for w in args.windows.split(",") if w]
     args.modes = [m for m in args.modes.split(",") if m]
@@ -370,9 +383,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def render(out: Path, document: dict[str, Any]) -> str:
+    """Write ``shuffle.md`` and ``shuffle.png`` for ``document`` to ``out``; return the table."""
+    settings, summary = document["settings"], document["summary"]
+    table = markdown(summary, document.get("read_units"))
+    (out / "shuffle.md").write_text(table + "\n")
+    concurrency = settings.get("concurrency") or f"{Options().concurrency} (default)"
+    title = (
+        f"Epoch order on S3 (moto, {settings['latency_ms']:g} ms/GET): {settings['rows']} rows "
+        f"of {settings['size']}px, {settings['dataset_mib']:.0f} MiB; concurrency {concurrency}; "
+        f"median of {settings['repeats']} run(s), {document['machine']['cpus']} cores"
+    )
+    plot(summary, out / "shuffle.png", title)
+    return table
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out: Path = args.out
+    if args.render:
+        print(render(out, json.loads((out / "shuffle.json").read_text())))
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     machine = describe()
@@ -415,17 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": runs,
     }
     (out / "shuffle.json").write_text(json.dumps(document, indent=1, allow_nan=False))
-    table = markdown(summary, units)
-    (out / "shuffle.md").write_text(table + "\n")
-    title = (
-        f"Epoch order on S3 (moto, {args.latency_ms:g} ms/GET): {args.rows} rows of "
-        f"{args.size}px, {dataset_mib:.0f} MiB; concurrency "
-        f"{args.concurrency or f'{Options().concurrency} (default)'}; "
-        f"median of {args.repeats} run(s), "
-        f"{machine['cpus']} cores"
-    )
-    plot(summary, out / "shuffle.png", title)
-    print(table)
+    print(render(out, document))
     failed = [r for r in runs if not r.get("ok")]
     for r in failed:
         print(f"FAILED {r['mode']}/{r['order']} repeat {r['repeat']}: {r['exit']}", file=sys.stderr)

@@ -13,8 +13,9 @@ exit status) cannot lose them.
 The clock starts when the loader is created and stops after the last batch
 and the loader's shutdown; time to first batch is when ``batch_size``
 samples have arrived. On the S3 store the run also records the GET requests
-the store answered in that window (``gets``, ``get_bytes``; ``None`` on a
-local store), read from the server's counters just outside the clock.
+the store answered in that window (``gets``, ``get_bytes``) and the CPU time
+the store spent (``store_cpu_s``), read from the server's counters just
+outside the clock; ``None`` on a local store.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_bytes": usage.peak_rss_bytes,
         "gets": traffic.get("gets"),
         "get_bytes": traffic.get("get_bytes"),
+        "store_cpu_s": traffic["cpu_ms"] / 1000 if "cpu_ms" in traffic else None,
     }
 
 
