@@ -321,6 +321,8 @@ def plot(summary: Sequence[dict[str, Any]], path: Path, title: str) -> None:
         xs, ys = [r["randomness"] for r in mine], [r["gets_per_row"] for r in mine]
         gets_ax.plot(xs, ys, marker, color=color, ms=9, ls="", label=mode)
         for r in mine:
+            each = r["gets_per_row_runs"]
+            gets_ax.plot([r["randomness"]] * len(each), each, ".", color=color, alpha=0.45, ms=6)
             # The modes often read alike: one mode's labels above its points, the other's below.
             gets_ax.annotate(
                 f"{r['order']}: {r['gets_per_row']:.2f}",
@@ -333,11 +335,11 @@ def plot(summary: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     columns = len(COLUMNS)
     gets_ax.axhline(columns, color="#9e9e9e", ls="--", lw=1)
     gets_ax.text(-0.02, columns, f" {columns}: one GET per row per column", va="bottom", fontsize=8)
-    highest = max([r["gets_per_row"] or 0.0 for r in summary] + [columns])
+    highest = max([x for r in summary for x in r["gets_per_row_runs"]] + [columns])
     gets_ax.set_ylim(0, 1.12 * highest)
     gets_ax.set_title("requests to the store", fontsize=10)
     gets_ax.set_xlabel(_RANDOMNESS_LABEL)
-    gets_ax.set_ylabel("GET requests per row (median of runs)")
+    gets_ax.set_ylabel("GET requests per row (large marker: median; dots: each run)")
     gets_ax.legend(loc="center left", fontsize=8)
     for ax in axes:
         ax.set_xlim(-0.05, 1.45)
