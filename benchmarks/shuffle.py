@@ -100,7 +100,7 @@ def order_randomness(num_rows: int, options: dict[str, Any]) -> float:
         epoch=0,
         shuffle=bool(options.get("shuffle")),
         block_size=options.get("shuffle_block_size"),
-        window=options.get("shuffle_window", 4),
+        window=options.get("shuffle_window", Options().shuffle_window),
     )
     return randomness(order.rows(np.arange(num_rows, dtype=np.int64)))
 
@@ -148,7 +148,11 @@ def _subprocess_run(timeout_s: float, exit_grace_s: float) -> Run:
 
 
 def in_process(task: dict[str, Any], log: Path) -> dict[str, Any]:
-    """Run a task in this process (tests only: deeplake's cache lives per open dataset)."""
+    """Run a task in this process, for tests; the benchmark's protocol is a process per run.
+
+    Each task opens the dataset anew, and a new open does not reuse what an
+    earlier one cached, so GET counts match a fresh process's.
+    """
     from .worker import run_task
 
     return {**run_task(task), "ok": True, "exit": "in process", "clean_exit": True}
