@@ -47,6 +47,11 @@ class LoaderSpec:
     decode: str = ""
     #: anyloader's ``concurrency`` (0 = its default).
     concurrency: int = 0
+    #: anyloader's ``shuffle``; with ``shuffle_block_size`` > 0 the block shuffle.
+    shuffle: bool = False
+    #: anyloader's ``shuffle_block_size`` and ``shuffle_window`` (0 = unset / its default).
+    shuffle_block_size: int = 0
+    shuffle_window: int = 0
 
     def anyloader_options(self, batch_size: int) -> dict[str, Any]:
         """The ``AsyncDataset`` keyword arguments this spec sets (defaults left out)."""
@@ -59,6 +64,12 @@ class LoaderSpec:
             options["concurrency"] = self.concurrency
         if self.decode:
             options["decode"] = self.decode
+        if self.shuffle:
+            options["shuffle"] = True
+        if self.shuffle_block_size:
+            options["shuffle_block_size"] = self.shuffle_block_size
+        if self.shuffle_window:
+            options["shuffle_window"] = self.shuffle_window
         return options
 
     def to_json(self) -> dict[str, Any]:

@@ -23,6 +23,15 @@ Stable API (tests rely on it):
 * ``CREDS``: the deeplake ``creds`` keys except ``endpoint_url``. moto
   accepts any key pair; the region matters only for bucket creation.
 * ``create_bucket(endpoint_url, name)``: make a bucket (idempotent).
+* ``counts(endpoint_url) -> dict[str, int]``: what the server has answered
+  since it started: ``gets`` (every GET, faulted ones included),
+  ``ranged_gets`` (GETs with a ``Range`` header), ``get_bytes`` (body bytes
+  moto sent for GETs), ``faults``, ``requests`` (all methods) and
+  ``cpu_ms``, the server process's CPU time (it shares the machine with the
+  loader being measured: moto reads a whole object to answer a range). Take it
+  before and after a run; the difference is the run's traffic. The counts
+  are served at ``COUNTS_PATH`` by the middleware itself, which neither
+  delays nor counts that request (no bucket name can start with ``_``).
 
 Guarantees: the server process is gone when the ``with`` block exits,
 normally or by an exception (``KeyboardInterrupt`` included). It also exits
@@ -36,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
 import os
 import random
 import signal
@@ -48,9 +58,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
-__all__ = ["CREDS", "HOST", "create_bucket", "serve"]
+__all__ = ["COUNTS_PATH", "CREDS", "HOST", "counts", "create_bucket", "serve"]
 
 HOST = "127.0.0.1"
 CREDS = {
@@ -58,6 +68,8 @@ CREDS = {
     "aws_secret_access_key": "testing",
     "aws_region": "us-east-1",
 }
+#: Where the middleware answers with its counters (JSON); not an S3 path.
+COUNTS_PATH = "/_anyloader/counts"
 _READY = "READY "
 _START_TIMEOUT_S = 60.0
 
@@ -72,10 +84,11 @@ _ERROR_BODY = (
 
 
 class LatencyFaultMiddleware:
-    """WSGI middleware: delay every GET, fail a seeded share of them.
+    """WSGI middleware: delay every GET, fail a seeded share of them, count them.
 
-    Thread-safe: the random draws happen under a lock, the sleep does not,
-    so concurrent GETs overlap their latency as they would against a real store.
+    Thread-safe: the random draws and the counters change under a lock, the
+    sleep does not, so concurrent GETs overlap their latency as they would
+    against a real store.
     """
 
     def __init__(self, app: _App, latency_s: float, fault_rate: float, seed: int) -> None:
@@ -85,22 +98,52 @@ class LatencyFaultMiddleware:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.gets = 0
+        self.ranged_gets = 0
+        self.get_bytes = 0
         self.faults = 0
+        self.requests = 0
 
-    def _draw(self) -> str | None:
+    def counts(self) -> dict[str, int]:
+        """The counters now (see ``counts()`` in the module docstring)."""
+        with self._lock:
+            return {
+                "gets": self.gets,
+                "ranged_gets": self.ranged_gets,
+                "get_bytes": self.get_bytes,
+                "faults": self.faults,
+                "requests": self.requests,
+                "cpu_ms": int(time.process_time() * 1000),
+            }
+
+    def _draw(self, ranged: bool) -> str | None:
         with self._lock:
             self.gets += 1
+            self.ranged_gets += ranged
             if self.fault_rate <= 0 or self._rng.random() >= self.fault_rate:
                 return None
             self.faults += 1
             return "500" if self._rng.random() < 0.5 else "reset"
 
+    def _add_bytes(self, n: int) -> None:
+        with self._lock:
+            self.get_bytes += n
+
     def __call__(self, environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
-        if environ.get("REQUEST_METHOD") != "GET":
+        method = environ.get("REQUEST_METHOD")
+        if method == "GET" and environ.get("PATH_INFO") == COUNTS_PATH:
+            body = json.dumps(self.counts()).encode()
+            start_response(
+                "200 OK",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
+        with self._lock:
+            self.requests += 1
+        if method != "GET":
             return self.app(environ, start_response)  # type: ignore[no-any-return]
         if self.latency_s > 0:
             time.sleep(self.latency_s)  # sync-ok: the injected store latency itself
-        fault = self._draw()
+        fault = self._draw(ranged="HTTP_RANGE" in environ)
         if fault == "500":
             start_response(
                 "500 Internal Server Error",
@@ -109,7 +152,25 @@ class LatencyFaultMiddleware:
             return [_ERROR_BODY]
         if fault == "reset":
             _reset(environ)
-        return self.app(environ, start_response)  # type: ignore[no-any-return]
+        return _CountedBody(self.app(environ, start_response), self._add_bytes)
+
+
+class _CountedBody:
+    """A WSGI response body that reports each chunk's size as it is sent."""
+
+    def __init__(self, body: Iterable[bytes], add: Callable[[int], None]) -> None:
+        self._body = body
+        self._add = add
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._body:
+            self._add(len(chunk))
+            yield chunk
+
+    def close(self) -> None:  # WSGI: the server calls it; pass it on to moto's body
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            close()
 
 
 def _reset(environ: _Environ) -> None:
@@ -260,6 +321,19 @@ def create_bucket(endpoint_url: str, name: str) -> None:
     client = _client(endpoint_url)
     with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(Bucket=name)
+
+
+def counts(endpoint_url: str) -> dict[str, int]:
+    """The server's request counters now (see the module docstring).
+
+    Raises:
+        urllib.error.URLError: the server at ``endpoint_url`` did not answer.
+    """
+    import urllib.request
+
+    with urllib.request.urlopen(endpoint_url + COUNTS_PATH, timeout=10) as answer:
+        found: dict[str, int] = json.loads(answer.read())
+    return found
 
 
 def upload_tree(endpoint_url: str, bucket: str, prefix: str, root: str) -> int:

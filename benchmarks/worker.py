@@ -12,7 +12,10 @@ exit status) cannot lose them.
 
 The clock starts when the loader is created and stops after the last batch
 and the loader's shutdown; time to first batch is when ``batch_size``
-samples have arrived.
+samples have arrived. On the S3 store the run also records the GET requests
+the store answered in that window (``gets``, ``get_bytes``) and the CPU time
+the store spent (``store_cpu_s``), read from the server's counters just
+outside the clock; ``None`` on a local store.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import s3_server
 from .loaders import LoaderSpec, batches
 from .measure import Monitor
 from .runner import DONE_MARKER
@@ -46,6 +50,9 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     store = task["store"]
     batch_size = int(task["batch_size"])
     ds = deeplake.open_read_only(store["url"], creds=store["creds"])
+    endpoint = store["creds"].get("endpoint_url")
+    # Opening reads metadata: count only the epoch's requests.
+    before = s3_server.counts(endpoint) if endpoint else None
     samples = 0
     first_batch_s: float | None = None
     with Monitor() as monitor:
@@ -59,6 +66,8 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         finally:
             loader.close()
         seconds = time.perf_counter() - start
+    after = s3_server.counts(endpoint) if endpoint else None
+    traffic = {k: after[k] - before[k] for k in after} if after and before else {}
     usage = monitor.usage
     assert usage is not None
     return {
@@ -73,6 +82,9 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         "cpu_s": usage.cpu_s,
         "cpu_s_per_sample": usage.cpu_s / samples if samples else None,
         "peak_rss_bytes": usage.peak_rss_bytes,
+        "gets": traffic.get("gets"),
+        "get_bytes": traffic.get("get_bytes"),
+        "store_cpu_s": traffic["cpu_ms"] / 1000 if "cpu_ms" in traffic else None,
     }
 
 

@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import pytest
 
@@ -234,6 +235,15 @@ def test_serve_answers_on_loopback_and_stops() -> None:
         s3_server.create_bucket(endpoint, "anyloader-test")
         with urllib.request.urlopen(f"{endpoint}/anyloader-test", timeout=10) as answer:
             assert answer.status == 200
+            body = answer.read()
+        counts = s3_server.counts(endpoint)  # the counters' own request is not counted
+        assert counts.pop("cpu_ms") >= 0
+        again = s3_server.counts(endpoint)
+        assert again.pop("cpu_ms") >= 0
+        assert counts == again
+        assert counts["gets"] == 1
+        assert counts["get_bytes"] == len(body) > 0
+        assert counts["requests"] == 2  # the bucket's PUT and the GET
         servers = [
             p
             for p in psutil.Process().children()
@@ -312,3 +322,37 @@ def test_schedule_rotates_loader_order_between_repeats() -> None:
 def test_unknown_loader_name_is_rejected() -> None:
     with pytest.raises(ValueError, match="no loader named"):
         select_specs(quick=False, names="nope")
+
+
+def test_shuffle_benchmark_counts_gets_per_order(tmp_path: Path) -> None:
+    """``benchmarks.shuffle``'s core on a tiny store: GETs counted, locality costs fewer."""
+    from anyloader._synthetic import create_image_mask_dataset
+    from benchmarks import datasets, shuffle
+
+    local = tmp_path / "pairs"
+    create_image_mask_dataset(f"file://{local}", 512, size=64)
+    settings = shuffle.orders(block_size=16, windows=(2, 8))
+    with s3_server.serve(latency_s=0.0) as endpoint:
+        store = datasets.s3_dataset(endpoint, local)
+        units = shuffle.read_units(store, ["images"], 512)
+        runs = shuffle.measure(store, settings, ["batch"], 1, tmp_path, run=shuffle.in_process)
+    summary = {r["order"]: r for r in shuffle.summarize(runs, settings, 512)}
+
+    assert units["images"]["units"] >= 2  # several GETs' worth of rows: locality can matter
+    assert [r["order"] for r in runs] == ["sequential", "full", "block16-w2", "block16-w8"]
+    assert all(r["ok"] and r["samples"] == 512 and r["gets"] > 0 for r in runs)
+    gets = {name: row["gets_per_row"] for name, row in summary.items()}
+    assert gets["sequential"] <= gets["block16-w2"] <= gets["full"]
+    assert gets["sequential"] <= gets["block16-w8"] <= gets["full"]
+    rand = {name: row["randomness"] for name, row in summary.items()}
+    assert rand["sequential"] < 0.1 < rand["block16-w2"] < rand["block16-w8"] < rand["full"]
+    assert summary["sequential"]["x_sequential"] == pytest.approx(1.0)
+
+
+def test_randomness_is_zero_in_order_and_one_for_a_uniform_shuffle() -> None:
+    from benchmarks.shuffle import randomness
+
+    n = 32 * 1000
+    assert randomness(np.arange(n)) == pytest.approx(33 / (n + 1))
+    shuffled = np.random.default_rng(0).permutation(n)
+    assert randomness(shuffled) == pytest.approx(1.0, abs=0.02)
