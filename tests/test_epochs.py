@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 from _doubles import rows_source
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
+import anyloader
 from anyloader import AsyncDataset
 from anyloader._epochs import Schedule
 
@@ -140,3 +142,32 @@ def test_a_chosen_epoch_wins_over_a_checkpoint_and_is_used_once() -> None:
     assert got == 6
     schedule, got = schedule.start_here(resume_epoch=2)  # nothing chosen: the checkpoint's
     assert got == 2
+
+
+@pytest.mark.parametrize("batch_mode", [False, True])
+def test_return_epoch_tells_the_transform_its_epoch_in_persistent_workers(
+    batch_mode: bool,
+) -> None:
+    # A transform that seeds augmentation per epoch needs the epoch in the worker;
+    # persistent workers keep their dataset copy, so only the sample can carry it.
+    seen: list[int] = []
+    ds = anyloader.AsyncDataset(
+        anyloader.MemorySource({"x": np.arange(12)}),
+        shuffle=True,
+        return_epoch=True,
+        batch_size=4 if batch_mode else None,
+        transform=lambda sample: {**sample, "epoch_seen": sample["epoch"]},
+    )
+    loader = anyloader.DataLoader(
+        ds, num_workers=2, persistent_workers=True, **({} if batch_mode else {"batch_size": 4})
+    )
+    for _ in range(3):
+        epochs = {int(e) for batch in loader for e in np.asarray(batch["epoch_seen"]).reshape(-1)}
+        seen.append(epochs.pop() if len(epochs) == 1 else -1)
+    assert seen == [0, 1, 2]
+
+
+def test_return_epoch_refuses_to_overwrite_a_column() -> None:
+    source = anyloader.MemorySource({"epoch": np.arange(3)})
+    with pytest.raises(ValueError, match='return_epoch=True would overwrite the column "epoch"'):
+        anyloader.AsyncDataset(source, return_epoch=True)

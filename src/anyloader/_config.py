@@ -36,7 +36,7 @@ def as_source(source: object) -> Source:
 
 
 def _resolve_columns(
-    requested: Sequence[str] | None, available: Sequence[str], return_index: bool
+    requested: Sequence[str] | None, available: Sequence[str], options: Options
 ) -> tuple[str, ...]:
     chosen = tuple(available) if requested is None else tuple(requested)
     unknown = [c for c in chosen if c not in available]
@@ -46,8 +46,9 @@ def _resolve_columns(
         raise ValueError(f"columns lists a name twice: {list(chosen)}")
     if not chosen:
         raise ValueError(f"no columns selected; the source has {list(available)}")
-    if return_index and "index" in chosen:
-        raise ValueError('return_index=True would overwrite the column named "index"')
+    for added, flag in (("index", options.return_index), ("epoch", options.return_epoch)):
+        if flag and added in chosen:
+            raise ValueError(f'return_{added}=True would overwrite the column "{added}"')
     return chosen
 
 
@@ -72,7 +73,7 @@ class LoaderConfig:
             ValueError: an unknown or repeated column, or none selected.
         """
         src = as_source(source)
-        columns = _resolve_columns(options.columns, src.columns, options.return_index)
+        columns = _resolve_columns(options.columns, src.columns, options)
         return cls(source=src, columns=columns, options=options)
 
     @property

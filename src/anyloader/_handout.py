@@ -41,8 +41,11 @@ class Handout:
             (which would otherwise end the consumer's loop silently).
     """
 
-    def __init__(self, options: Options, *, shared: bool, slabs: BatchSlabs | None = None) -> None:
+    def __init__(
+        self, options: Options, *, epoch: int, shared: bool, slabs: BatchSlabs | None = None
+    ) -> None:
         self._transform = options.transform
+        self._epoch = epoch if options.return_epoch else None
         self._return_index = options.return_index
         self._builder = (
             None
@@ -115,6 +118,9 @@ class Handout:
             return None
         value, positions = self._ready.popleft()
         self.handed += 1 if isinstance(positions, int) else len(positions)
+        if self._epoch is not None:
+            # One int per sample, or per batch: the transform sees it either way.
+            value["epoch"] = self._epoch
         if self._transform is not None:
             try:
                 value = self._transform(value)

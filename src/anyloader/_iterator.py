@@ -56,7 +56,7 @@ class EpochIterator:
         self._pid = os.getpid()
         self._done = True  # until the loop thread exists: __del__ has nothing to close
         slabs = batch_slabs(config.options, planned, shared=shared)
-        self._handout = Handout(config.options, shared=shared, slabs=slabs)
+        self._handout = Handout(config.options, epoch=progress.epoch, shared=shared, slabs=slabs)
         self._progress = progress
         self._report = report
         self._give_back_at = max(1, config.budget // 4)

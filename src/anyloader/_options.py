@@ -172,6 +172,9 @@ class Options:
         "applied to each sample (each batch in batch mode)",
     )
     return_index: bool = _option(False, _bool, "bool", 'add the global row number under "index"')
+    return_epoch: bool = _option(
+        False, _bool, "bool", 'add the epoch under "epoch" (e.g. to seed augmentation per epoch)'
+    )
     even: bool = _option(
         False, _bool, "bool", "equal row counts on every rank: skip the epoch's last rows"
     )
@@ -248,6 +251,7 @@ class LoaderOptions(TypedDict, total=False):
     ordered: bool
     transform: Callable[[Any], Any] | None
     return_index: bool
+    return_epoch: bool
     even: bool
     retries: int
     timeout: float | None

@@ -158,7 +158,8 @@ async def open_stream(
     # Chunks in flight hold at least a row of budget each, plus the outcome: never full.
     send, receive = anyio.create_memory_object_stream[Item](config.budget + 1)
     slabs = batch_slabs(o, len(positions), shared=False)
-    stream = SampleStream(receive, budget, Handout(o, shared=False, slabs=slabs), stats)
+    handout = Handout(o, epoch=epoch, shared=False, slabs=slabs)
+    stream = SampleStream(receive, budget, handout, stats)
     body_error: BaseException | None = None
     try:
         async with anyio.create_task_group() as tg:
