@@ -35,7 +35,7 @@ from tqdm import tqdm
 from . import datasets, report, s3_server
 from .loaders import CEILINGS, LoaderSpec, default_specs
 from .machine import describe
-from .runner import PACKAGE_ROOT, child_env, run_in_subprocess
+from .runner import PACKAGE_ROOT, child_env, run_in_subprocess, worker_task
 
 __all__ = ["main", "select_specs"]
 
@@ -198,12 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bar.set_postfix_str(f"{store_name}/{spec.name}")
                 store = stores[store_name]
                 stem = f"{store_name}-{spec.name}-r{repeat}"
-                task = {
-                    "spec": spec.to_json(),
-                    "store": {"name": store.name, "url": store.url, "creds": store.creds},
-                    "batch_size": BATCH_SIZE,
-                    "out": str((out / "runs" / f"{stem}.json").resolve()),
-                }
+                task = worker_task(spec, store, BATCH_SIZE, out, stem)
                 result = run_in_subprocess(
                     task, out / "logs" / f"{stem}.log", args.timeout, args.exit_grace
                 )

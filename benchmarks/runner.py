@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["DONE_MARKER", "child_env", "run_in_subprocess"]
+__all__ = ["DONE_MARKER", "child_env", "run_in_subprocess", "worker_task"]
 
 DONE_MARKER = "anyloader-bench: result written"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +83,16 @@ def _exit_kind(returncode: int, hung: bool, timed_out: bool) -> str:
     if returncode < 0:
         return f"crashed at exit ({signal.Signals(-returncode).name})"
     return f"exit status {returncode}"
+
+
+def worker_task(spec: Any, store: Any, batch_size: int, out: Path, stem: str) -> dict[str, Any]:
+    """The task ``benchmarks.worker`` runs: ``spec`` on ``store``, its result in ``out/runs``."""
+    return {
+        "spec": spec.to_json(),
+        "store": {"name": store.name, "url": store.url, "creds": store.creds},
+        "batch_size": batch_size,
+        "out": str((out / "runs" / f"{stem}.json").resolve()),
+    }
 
 
 def run_in_subprocess(

@@ -45,7 +45,7 @@ from anyloader._options import Options
 from . import datasets, s3_server
 from .loaders import COLUMNS, LoaderSpec
 from .machine import describe
-from .runner import PACKAGE_ROOT, run_in_subprocess
+from .runner import PACKAGE_ROOT, run_in_subprocess, worker_task
 
 __all__ = ["main", "measure", "orders", "randomness", "read_units", "summarize"]
 
@@ -195,12 +195,7 @@ def measure(
                 if progress:
                     progress(f"repeat {repeat + 1}/{repeats} {spec.name}")
                 stem = f"{spec.name}-r{repeat}"
-                task = {
-                    "spec": spec.to_json(),
-                    "store": {"name": store.name, "url": store.url, "creds": store.creds},
-                    "batch_size": BATCH_SIZE,
-                    "out": str((out / "runs" / f"{stem}.json").resolve()),
-                }
+                task = worker_task(spec, store, BATCH_SIZE, out, stem)
                 result = run(task, out / "logs" / f"{stem}.log")
                 results.append({**result, "order": name, "mode": mode, "repeat": repeat})
     return results

@@ -287,7 +287,7 @@ def test_stats_sum_the_workers_and_time_the_training_loop() -> None:
     assert dl.stats().rows == 0  # before the first iteration
     steps = 0
     for _ in dl:
-        time.sleep(0.02)  # the training step: time outside next(loader)
+        time.sleep(0.02)  # sync-ok: a training step's work, outside next(loader), not a wait
         steps += 1
     stats = dl.stats()
     assert stats.rows == 24  # both workers' rows, summed in this process
