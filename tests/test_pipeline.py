@@ -6,12 +6,13 @@ import sys
 from typing import Any
 
 import anyio
+import numpy as np
 import pytest
 from _doubles import BrokenSource, CountingSource, FlakySource, JitterSource, rows_source
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anyloader import Shard, open_stream, shard_rows
+from anyloader import MemorySource, Shard, open_stream, shard_rows
 from anyloader._pipeline import RowBudget
 
 pytestmark = pytest.mark.anyio
@@ -217,3 +218,27 @@ async def test_a_cancelled_waiter_hands_its_grant_on() -> None:
     budget.give_back(4)
     assert budget.in_use == 0  # the cancelled waiter holds nothing
     await budget.take(4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(1, 40),
+    picks=st.lists(st.integers(0, 10**6), max_size=12),
+    run=st.booleans(),
+)
+async def test_memory_source_returns_its_rows_as_copies(
+    anyio_backend: str, rows: int, picks: list[int], run: bool
+) -> None:
+    # A run of consecutive rows takes the slice path, anything else fancy indexing:
+    # both must give exactly the rows asked for, in order, and never a view.
+    data = np.arange(rows * 3, dtype=np.int64).reshape(rows, 3)
+    source = MemorySource({"x": data, "y": np.arange(rows) * 10})
+    indices = [p % rows for p in picks]
+    if run and indices:
+        indices = list(range(indices[0], min(rows, indices[0] + len(indices))))
+    values = await source.fetch(indices, ["x", "y"])
+    assert values["x"].tolist() == data[indices].tolist()
+    assert values["y"].tolist() == [10 * i for i in indices]
+    values["x"][...] = -1
+    values["y"][...] = -1
+    assert (data >= 0).all() and (source._arrays["y"] >= 0).all()

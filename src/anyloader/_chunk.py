@@ -21,23 +21,27 @@ def _writable(values: Any) -> Any:
     ]
 
 
-def check_columns(values: object, columns: Sequence[str], rows: int) -> Mapping[str, Any]:
-    """Return ``values`` if a source returned one value per row, in order, for every column.
+def check_columns(values: object, columns: Sequence[str], rows: int) -> dict[str, Any]:
+    """The requested ``columns`` of what a source returned, checked: one value per row, in order.
 
     Raises:
         TypeError: ``values`` is not a mapping, or a column's values are not an
             ordered sequence (a ``set`` would reorder rows silently).
         ValueError: naming the column that is missing or has the wrong length.
     """
-    if not isinstance(values, Mapping):
+    # Once per fetch: exact type tests first, the ABC checks only for other types.
+    if type(values) is not dict and not isinstance(values, Mapping):
         raise TypeError(
             f"source.fetch must return a mapping {{column: values}}, got {type(values).__name__}"
         )
+    picked: dict[str, Any] = {}
     for name in columns:
         if name not in values:
             raise ValueError(f"source returned no column {name!r} (got {sorted(values)})")
         column = values[name]
-        if not isinstance(column, (np.ndarray, Sequence)) or isinstance(column, (str, bytes)):
+        if type(column) is not np.ndarray and (
+            not isinstance(column, (np.ndarray, Sequence)) or isinstance(column, (str, bytes))
+        ):
             raise TypeError(
                 f"source returned {type(column).__name__} for column {name!r}; it must be an "
                 "array or a sequence with one value per requested row, in request order"
@@ -46,7 +50,8 @@ def check_columns(values: object, columns: Sequence[str], rows: int) -> Mapping[
             raise ValueError(
                 f"source returned {len(column)} values for column {name!r}, expected {rows}"
             )
-    return values
+        picked[name] = column
+    return picked
 
 
 @dataclass(frozen=True, slots=True)

@@ -203,7 +203,7 @@ async def run_engine(
                     )
                 except anyio.get_cancelled_exc_class() as exc:
                     await _own_cancellation(exc)
-                values = check_columns(values, columns, len(indices))
+                picked = check_columns(values, columns, len(indices))
             except anyio.get_cancelled_exc_class():
                 raise
             except BaseException as exc:  # transported to the consumer, never swallowed
@@ -212,7 +212,6 @@ async def run_engine(
                     emit(Failed(exc))
                 scope.cancel()
                 return
-            picked = {c: values[c] for c in columns}
             fetched(len(indices), picked, started)
             deliver(seq, Chunk(positions, rows, picked))
 
