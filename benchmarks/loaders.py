@@ -52,6 +52,8 @@ class LoaderSpec:
     #: anyloader's ``shuffle_block_size`` and ``shuffle_window`` (0 = unset / its default).
     shuffle_block_size: int = 0
     shuffle_window: int = 0
+    #: ``torch.set_num_threads`` before the run (0 = torch's default: a thread per core).
+    torch_threads: int = 0
 
     def anyloader_options(self, batch_size: int) -> dict[str, Any]:
         """The ``AsyncDataset`` keyword arguments this spec sets (defaults left out)."""
@@ -97,6 +99,7 @@ def default_specs(
     ceiling_bytes: Iterable[tuple[int, int]] = ((8, 16), (16, 8), (32, 4)),
     batched: Iterable[tuple[str, int, int, str]] = BATCHED,
     deeplake_decode_backends: Iterable[str] = ("asyncio",),
+    per_sample_threads: Iterable[tuple[str, int]] = (("", 0), ("-t1", 1)),
 ) -> list[LoaderSpec]:
     """The line-up; the ceilings list ``(fetch_size, inflight)`` settings.
 
@@ -104,8 +107,13 @@ def default_specs(
     and in batch mode (``AsyncDataset(batch_size=32)`` under
     ``DataLoader(batch_size=None)``) with each ``batched`` setting: default
     options, more rows per fetch, and ``decode="deeplake"`` (the latter only on
-    ``deeplake_decode_backends``, it is there for comparison).
+    ``deeplake_decode_backends``, it is there for comparison). Per sample it
+    runs at torch's default intra-op threads and, suffixed ``-t1``, with
+    ``torch.set_num_threads(1)``: the default collate's ``torch.stack`` then
+    stops competing with the decode threads for the cores (``per_sample_threads``
+    lists ``(name suffix, threads)``; 0 is torch's default).
     """
+    per_sample_threads = tuple(per_sample_threads)
     backends = tuple(backends)
     anyloader_workers = tuple(anyloader_workers)
     specs = [
@@ -116,9 +124,12 @@ def default_specs(
         LoaderSpec(f"deeplake-pytorch-w{w}", "deeplake-pytorch", workers=w) for w in pytorch_workers
     ]
     specs += [
-        LoaderSpec(f"anyloader-{b}-w{w}", "anyloader", workers=w, backend=b)
+        LoaderSpec(
+            f"anyloader-{b}-w{w}{suffix}", "anyloader", workers=w, backend=b, torch_threads=t
+        )
         for b in backends
         for w in anyloader_workers
+        for suffix, t in per_sample_threads
     ]
     for suffix, fetch_size, concurrency, decode in batched:
         on = tuple(deeplake_decode_backends) if decode == "deeplake" else backends

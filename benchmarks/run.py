@@ -103,7 +103,12 @@ def select_specs(quick: bool, names: str | None) -> list[LoaderSpec]:
         ValueError: a name matches no loader name or family.
     """
     specs = (
-        default_specs(pytorch_workers=(0, 2), ceiling_deeplake=((1, 64),), ceiling_bytes=((8, 16),))
+        default_specs(
+            pytorch_workers=(0, 2),
+            ceiling_deeplake=((1, 64),),
+            ceiling_bytes=((8, 16),),
+            per_sample_threads=(("", 0),),
+        )
         if quick
         else default_specs()
     )

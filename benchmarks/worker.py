@@ -40,13 +40,16 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
 
     # Import every loader's modules (torch above all) before the clock starts:
     # first-import time is not loading time.
-    import torch.utils.data  # noqa: F401
+    import torch
+    import torch.utils.data
 
     import anyloader  # noqa: F401
 
     from . import ceiling, documented  # noqa: F401
 
     spec = LoaderSpec.from_json(task["spec"])
+    if spec.torch_threads:
+        torch.set_num_threads(spec.torch_threads)
     store = task["store"]
     batch_size = int(task["batch_size"])
     ds = deeplake.open_read_only(store["url"], creds=store["creds"])

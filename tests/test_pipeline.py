@@ -241,4 +241,5 @@ async def test_memory_source_returns_its_rows_as_copies(
     assert values["y"].tolist() == [10 * i for i in indices]
     values["x"][...] = -1
     values["y"][...] = -1
-    assert (data >= 0).all() and (source._arrays["y"] >= 0).all()
+    assert (data >= 0).all()
+    assert (source._arrays["y"] >= 0).all()

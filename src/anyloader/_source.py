@@ -79,16 +79,22 @@ class MemorySource:
     async def fetch(self, indices: Sequence[int], columns: Sequence[str]) -> Columns:
         # A checkpoint keeps fetch a cancellation point, like any real I/O.
         await anyio.lowlevel.checkpoint()
-        n = len(indices)
-        if n and 0 <= (first := indices[0]) and indices[-1] == first + n - 1 and _consecutive(indices):
+        first = _run_start(indices)
+        if first is not None:
             # A run of rows (every fetch at fetch_size=1): copy a slice. Fancy
             # indexing releases the GIL even for one row, and on the loop thread
             # that hands the GIL to the consumer, then waits up to a switch
             # interval (5 ms) to get it back: 10x the cost of the fetch itself.
-            return {name: self._arrays[name][first : first + n].copy() for name in columns}
+            end = first + len(indices)
+            return {name: self._arrays[name][first:end].copy() for name in columns}
         idx = np.asarray(indices, dtype=np.int64)
         return {name: self._arrays[name][idx] for name in columns}
 
 
-def _consecutive(indices: Sequence[int]) -> bool:
-    return len(indices) <= 2 or all(b - a == 1 for a, b in itertools.pairwise(indices))
+def _run_start(indices: Sequence[int]) -> int | None:
+    """The first row if ``indices`` are consecutive rows counting up from 0 or more, else None."""
+    if len(indices) == 0 or (first := indices[0]) < 0 or indices[-1] != first + len(indices) - 1:
+        return None
+    if all(b - a == 1 for a, b in itertools.pairwise(indices)):
+        return first
+    return None
