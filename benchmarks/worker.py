@@ -48,6 +48,10 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     from . import ceiling, documented  # noqa: F401
 
     spec = LoaderSpec.from_json(task["spec"])
+    if spec.backend:  # AnyIO's backend module too (AsyncDataset would import it on construction)
+        from anyloader._loop_thread import load_backend
+
+        load_backend(spec.backend)
     if spec.torch_threads:
         torch.set_num_threads(spec.torch_threads)
     store = task["store"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -230,3 +232,19 @@ def test_samples_cross_threads_without_pickling(backend: str) -> None:
     got = list(AsyncDataset(UnpicklableSource(), backend=backend))
     assert [s["row"] for s in got] == list(range(12))
     assert all(isinstance(s["lock"], type(threading.Lock())) for s in got)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_backend_is_imported_with_the_dataset_not_in_the_first_epoch(backend: str) -> None:
+    # A fresh interpreter: this one has imported both backends long ago. The
+    # import costs up to 0.1 s (trio), which the first epoch should not pay.
+    code = (
+        "import sys, numpy as np, anyloader\n"
+        f"mod = 'anyio._backends._{backend}'\n"
+        "assert mod not in sys.modules\n"
+        "source = anyloader.MemorySource({'x': np.arange(3)})\n"
+        f"anyloader.AsyncDataset(source, backend={backend!r})\n"
+        "assert mod in sys.modules, mod\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

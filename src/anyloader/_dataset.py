@@ -9,6 +9,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ._config import LoaderConfig
 from ._epochs import SharedSchedule
 from ._iterator import EpochIterator
+from ._loop_thread import load_backend
 from ._options import Options, check_backend, non_negative_int
 from ._plan import plan_groups, rank_length
 from ._rank import Ranks, check_rank, current_shard
@@ -80,6 +81,7 @@ class AsyncDataset(IterableDataset[Any]):
     ) -> None:
         super().__init__()
         self.backend = check_backend(backend)
+        load_backend(self.backend)
         check_rank(rank, world_size)
         self.config = LoaderConfig.build(source, Options.validate(columns=columns, **options))
         self._ranks = Ranks(rank, world_size)
