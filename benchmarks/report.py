@@ -185,7 +185,9 @@ def plot(
                 label = f" {medians[i]:.0f}"
                 if r["x_sequential"] is not None:
                     label += f"  ({r['x_sequential']:.1f}x seq)"
-                ax.text(medians[i], i, label, va="center", fontsize=7)
+                # Right of the bar and of every dot, so the figure never sits on a dot.
+                right = max([medians[i], *dots])
+                ax.text(right, i, "  " + label.lstrip(), va="center", fontsize=7)
         for family, style in (
             ("sequential", ":"),
             ("ceiling-deeplake", "--"),

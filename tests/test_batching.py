@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, default_collate
 
 from anyloader import AsyncDataset
+from anyloader._batch_memory import BatchMemory
 from anyloader._batching import BatchBuilder
 from anyloader._chunk import Chunk
 from anyloader._synthetic import read_row_id
@@ -33,7 +34,7 @@ def chunk(rows: list[int]) -> Chunk:
     batch_size=st.integers(1, 20),
 )
 def test_batches_cut_the_stream_in_order(sizes: list[int], batch_size: int) -> None:
-    builder = BatchBuilder(batch_size, return_index=True, shared=False)
+    builder = BatchBuilder(batch_size, return_index=True, memory=BatchMemory(shared=False))
     batches: list[dict[str, Any]] = []
     start = 0
     for size in sizes:
@@ -53,7 +54,7 @@ def test_batches_cut_the_stream_in_order(sizes: list[int], batch_size: int) -> N
 
 
 def test_batches_in_a_worker_are_allocated_in_shared_memory() -> None:
-    builder = BatchBuilder(4, return_index=False, shared=True)
+    builder = BatchBuilder(4, return_index=False, memory=BatchMemory(shared=True))
     ((batch, positions),) = builder.add(chunk([0, 1, 2, 3]))
     assert positions.tolist() == [0, 1, 2, 3]
     assert batch["image"].is_shared()

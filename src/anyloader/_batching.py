@@ -17,10 +17,11 @@ import torch
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
+    from ._batch_memory import BatchMemory
     from ._chunk import Chunk
     from ._slabs import BatchSlabs
 
-__all__ = ["BatchBuilder", "empty_tensor"]
+__all__ = ["BatchBuilder"]
 
 _NUMERIC = frozenset("biufc")  # bool, int, uint, float, complex: what a tensor holds
 
@@ -29,19 +30,6 @@ def _torch_dtype(dtype: np.dtype[Any]) -> torch.dtype:
     # An empty writable array of the same dtype: asking deeplake's read-only
     # one would make torch warn.
     return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
-
-
-def empty_tensor(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
-    """An uninitialised tensor; in shared memory when ``shared`` (inside DataLoader workers)."""
-    if not shared:
-        return torch.empty(shape, dtype=dtype)
-    # In a DataLoader worker the batch crosses to the main process through
-    # shared memory; allocating it there spares the copy pickling would make.
-    proto = torch.empty(0, dtype=dtype)
-    numel = int(np.prod(shape, dtype=np.int64))
-    # The private call is the one default_collate itself uses for this.
-    storage = proto._typed_storage()._new_shared(numel, device=proto.device)  # type: ignore[no-untyped-call]
-    return proto.new(storage).resize_(shape)
 
 
 def _form(parts: Sequence[Any]) -> tuple[np.dtype[Any], tuple[int, ...]] | None:
@@ -61,10 +49,10 @@ def _as_tensor(
     parts: Sequence[np.ndarray],
     rows: int,
     form: tuple[np.dtype[Any], tuple[int, ...]],
-    shared: bool,
+    memory: BatchMemory,
 ) -> torch.Tensor:
     dtype, row_shape = form
-    out = empty_tensor((rows, *row_shape), _torch_dtype(dtype), shared)
+    out = memory.empty((rows, *row_shape), _torch_dtype(dtype))
     view = out.numpy()
     at = 0
     for part in parts:
@@ -104,14 +92,14 @@ class BatchBuilder:
         batch_size: int,
         *,
         return_index: bool,
-        shared: bool,
+        memory: BatchMemory,
         slabs: BatchSlabs | None = None,
     ) -> None:
         self.batch_size = batch_size
         self.slabs = slabs  # batch tensors fetches decoded into in place (ordered mode)
         self._batches = 0  # batches cut so far: the next one's index in the plan
         self.return_index = return_index
-        self.shared = shared
+        self.memory = memory
         self._chunks: list[Chunk] = []
         self._offset = 0  # rows of _chunks[0] already in earlier batches
         self._rows = 0  # rows held, not yet in a batch
@@ -146,7 +134,7 @@ class BatchBuilder:
             )
         if filled is not None:
             return filled  # decoded straight into this batch's tensor: no copy
-        return _as_tensor(parts, rows, decided, self.shared)
+        return _as_tensor(parts, rows, decided, self.memory)
 
     def _take(self, rows: int) -> tuple[dict[str, Any], np.ndarray]:
         pieces: list[tuple[Chunk, int, int]] = []

@@ -20,6 +20,7 @@ from ._pipeline import Complete, Failed
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from ._batch_memory import BatchMemory
     from ._options import Options
     from ._pipeline import Item
     from ._slabs import BatchSlabs
@@ -42,7 +43,12 @@ class Handout:
     """
 
     def __init__(
-        self, options: Options, *, epoch: int, shared: bool, slabs: BatchSlabs | None = None
+        self,
+        options: Options,
+        *,
+        epoch: int,
+        memory: BatchMemory,
+        slabs: BatchSlabs | None = None,
     ) -> None:
         self._transform = options.transform
         self._epoch = epoch if options.return_epoch else None
@@ -51,7 +57,7 @@ class Handout:
             None
             if options.batch_size is None
             else BatchBuilder(
-                options.batch_size, return_index=options.return_index, shared=shared, slabs=slabs
+                options.batch_size, return_index=options.return_index, memory=memory, slabs=slabs
             )
         )
         self._chunks: deque[Chunk] = deque()  # received, not yet cut into samples or batches
@@ -131,13 +137,13 @@ class Handout:
         return value, positions
 
 
-def batch_slabs(options: Options, planned: int, *, shared: bool) -> BatchSlabs | None:
+def batch_slabs(options: Options, planned: int, memory: BatchMemory) -> BatchSlabs | None:
     """Batch tensors for fetches to decode into: ordered batch mode only (the plan fixes slots)."""
     from ._slabs import BatchSlabs
 
     if options.batch_size is None or not options.ordered:
         return None
-    return BatchSlabs(options.batch_size, planned, shared=shared)
+    return BatchSlabs(options.batch_size, planned, memory)
 
 
 def positions_of(positions: Any) -> list[int]:

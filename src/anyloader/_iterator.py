@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from ._batch_memory import BatchMemory
 from ._exit import close_at_exit
 from ._handout import Handout, batch_slabs, positions_of
 from ._loop_thread import LoopThread
@@ -55,8 +56,9 @@ class EpochIterator:
     ) -> None:
         self._pid = os.getpid()
         self._done = True  # until the loop thread exists: __del__ has nothing to close
-        slabs = batch_slabs(config.options, planned, shared=shared)
-        self._handout = Handout(config.options, epoch=progress.epoch, shared=shared, slabs=slabs)
+        self._memory = memory = BatchMemory(shared=shared)
+        slabs = batch_slabs(config.options, planned, memory)
+        self._handout = Handout(config.options, epoch=progress.epoch, memory=memory, slabs=slabs)
         self._progress = progress
         self._report = report
         self._give_back_at = max(1, config.budget // 4)
@@ -106,7 +108,8 @@ class EpochIterator:
         """Stop the epoch: cancel every fetch and end the loop thread."""
         if not self._done:
             self._done = True
-            self._thread.close()
+            self._thread.close()  # no decode writes into batch memory after this
+            self._memory.close()
             self._stats.finish()
 
     def __del__(self) -> None:

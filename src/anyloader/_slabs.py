@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ._batching import empty_tensor
-
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     import numpy as np
+
+    from ._batch_memory import BatchMemory
 
 __all__ = ["BatchSlabs", "first_index"]
 
@@ -51,10 +51,10 @@ class BatchSlabs:
     Thread-safe: fetches decode in pool threads while the consumer takes batches.
     """
 
-    def __init__(self, batch_size: int, planned: int, *, shared: bool) -> None:
+    def __init__(self, batch_size: int, planned: int, memory: BatchMemory) -> None:
         self.batch_size = batch_size
         self.planned = planned
-        self.shared = shared
+        self.memory = memory
         self._slabs: dict[tuple[str, int], _Slab] = {}
         self._lock = threading.Lock()
 
@@ -78,7 +78,7 @@ class BatchSlabs:
             with self._lock:
                 slab = self._slabs.get((column, batch))
                 if slab is None:
-                    tensor = empty_tensor((self._rows_in(batch), *shape), torch.uint8, self.shared)
+                    tensor = self.memory.empty((self._rows_in(batch), *shape), torch.uint8)
                     slab = self._slabs[column, batch] = _Slab(tensor)
             array = slab.tensor.numpy()
             if array.shape[1:] != shape:

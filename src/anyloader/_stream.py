@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
+from ._batch_memory import BatchMemory
 from ._config import LoaderConfig
 from ._handout import Handout, batch_slabs
 from ._options import Options, non_negative_int
@@ -157,8 +158,9 @@ async def open_stream(
     budget = RowBudget(config.budget, stats)
     # Chunks in flight hold at least a row of budget each, plus the outcome: never full.
     send, receive = anyio.create_memory_object_stream[Item](config.budget + 1)
-    slabs = batch_slabs(o, len(positions), shared=False)
-    handout = Handout(o, epoch=epoch, shared=False, slabs=slabs)
+    memory = BatchMemory(shared=False)
+    slabs = batch_slabs(o, len(positions), memory)
+    handout = Handout(o, epoch=epoch, memory=memory, slabs=slabs)
     stream = SampleStream(receive, budget, handout, stats)
     body_error: BaseException | None = None
     try:
@@ -183,6 +185,7 @@ async def open_stream(
                 body_error = exc
             finally:
                 tg.cancel_scope.cancel()
+                memory.close()
                 stats.finish()
     except BaseExceptionGroup as group:
         # Only the engine's own tasks are in this group, never the block's errors.
