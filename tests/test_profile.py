@@ -67,6 +67,15 @@ def test_per_sample_mode() -> None:
     assert "use batch mode" not in advice(BOUND)
 
 
+def test_per_sample_mode_beside_torch_threads() -> None:
+    # Collating in the process that decodes, on several torch threads: say so.
+    one_process = replace(SETUP, batch_mode=False, workers=0, torch_threads=2)
+    hint = "use batch mode, or torch.set_num_threads(1) if the model is not on the CPU"
+    assert hint in advice(BOUND, one_process)
+    assert hint not in advice(BOUND, replace(one_process, torch_threads=1))
+    assert hint not in advice(BOUND, replace(one_process, workers=2))  # workers use one thread
+
+
 def test_decoding_fills_the_cpus() -> None:
     decoding = replace(BOUND, decode_seconds=15.0, cpu_seconds=19.0)  # 1.5 of 2 CPUs decoding
     assert advice(decoding) == ("decode less (image_size=) or on a GPU",)

@@ -41,6 +41,8 @@ class Setup:
     workers: int = 0
     ordered: bool = True
     cpus: int = 1
+    #: torch's intra-op threads (``torch.get_num_threads()``) in the process that collates.
+    torch_threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ def advise(stats: EpochStats, setup: Setup, *, startup: float = 0.0) -> Verdict:
     of the time waiting): no advice. Otherwise, each that applies, in this
     order: start-up being most of the wait; a failing store; stragglers
     holding up ordered delivery (the consumer waiting while the row budget
-    is full); batch mode when samples go one by one;
+    is full); batch mode when samples go one by one (or one torch thread, when
+    torch's collate threads share the process with the decode threads);
     then, if decoding fills the CPUs, decoding less; else if the CPUs are
     full, less work per row; else raising ``concurrency`` when the requests
     in flight stay near it, or more DataLoader workers when they do not (the
@@ -84,7 +87,14 @@ def advise(stats: EpochStats, setup: Setup, *, startup: float = 0.0) -> Verdict:
     if setup.ordered and stats.stall_seconds >= STALLED * stats.consumer_wait_seconds > 0:
         advice.append("cut stragglers (timeout= or ordered=False)")
     if not setup.batch_mode:
-        advice.append("use batch mode")
+        if setup.workers == 0 and setup.torch_threads > 1:
+            # torch's collate stacks on its intra-op threads, which then fight the
+            # decode threads for the cores (docs/benchmarks.md: 1.36x with one thread).
+            advice.append(
+                "use batch mode, or torch.set_num_threads(1) if the model is not on the CPU"
+            )
+        else:
+            advice.append("use batch mode")
     # Durations of merged worker stats are summed: per worker, divide by their number.
     wall = stats.seconds / max(1, stats.workers)
     decoding = stats.decode_seconds / wall if wall > 0 else 0.0

@@ -153,6 +153,7 @@ def run_profile(url: str, settings: ProfileSettings, *, progress: bool = True) -
         TypeError, ValueError: bad settings (from ``AsyncDataset``).
         Exception: the epoch's failure, as the loader raised it.
     """
+    import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
@@ -202,6 +203,7 @@ def run_profile(url: str, settings: ProfileSettings, *, progress: bool = True) -
         workers=s.workers,
         ordered=s.ordered,
         cpus=usable_cpus(),
+        torch_threads=torch.get_num_threads(),
     )
     return ProfileResult(
         settings=s,
