@@ -32,6 +32,17 @@ PEERS = ("documented-async", "deeplake-pytorch")
 COLUMNS = ["images", "masks"]
 
 
+#: LoaderSpec fields passed to ``AsyncDataset`` under the same name when set.
+_OPTIONS = (
+    "fetch_size",
+    "concurrency",
+    "decode",
+    "shuffle",
+    "shuffle_block_size",
+    "shuffle_window",
+)
+
+
 @dataclass(frozen=True)
 class LoaderSpec:
     """One loader configuration. ``name`` is unique and is what reports show."""
@@ -60,18 +71,9 @@ class LoaderSpec:
         options: dict[str, Any] = {"backend": self.backend}
         if self.batched:
             options["batch_size"] = batch_size
-        if self.fetch_size:
-            options["fetch_size"] = self.fetch_size
-        if self.concurrency:
-            options["concurrency"] = self.concurrency
-        if self.decode:
-            options["decode"] = self.decode
-        if self.shuffle:
-            options["shuffle"] = True
-        if self.shuffle_block_size:
-            options["shuffle_block_size"] = self.shuffle_block_size
-        if self.shuffle_window:
-            options["shuffle_window"] = self.shuffle_window
+        for name in _OPTIONS:
+            if value := getattr(self, name):  # 0, "" and False leave anyloader's default
+                options[name] = value
         return options
 
     def to_json(self) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from . import datasets, report, s3_server
 from .loaders import CEILINGS, LoaderSpec, default_specs
 from .machine import describe
-from .runner import PACKAGE_ROOT, child_env, run_in_subprocess, worker_task
+from .runner import PACKAGE_ROOT, child_env, exit_with, run_in_subprocess, worker_task
 
 __all__ = ["main", "select_specs"]
 
@@ -245,10 +245,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        # Every ``finally`` on the way out has already stopped the S3 server
-        # and killed the running worker's process group.
-        print("\ninterrupted: S3 server and workers stopped", file=sys.stderr)
-        sys.exit(130)
+    exit_with(main)

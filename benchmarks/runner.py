@@ -16,12 +16,28 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
-__all__ = ["DONE_MARKER", "child_env", "run_in_subprocess", "worker_task"]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["DONE_MARKER", "child_env", "exit_with", "run_in_subprocess", "worker_task"]
 
 DONE_MARKER = "anyloader-bench: result written"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def exit_with(main: Callable[[], int]) -> NoReturn:
+    """Exit with ``main()``'s status; Ctrl-C exits with 130 and says everything was stopped.
+
+    Every ``finally`` on the way out has already stopped the S3 server and
+    killed the running worker's process group.
+    """
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted: S3 server and workers stopped", file=sys.stderr)
+        sys.exit(130)
 
 
 def child_env() -> dict[str, str]:

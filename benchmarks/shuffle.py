@@ -45,7 +45,7 @@ from anyloader._options import Options
 from . import datasets, s3_server
 from .loaders import COLUMNS, LoaderSpec
 from .machine import describe
-from .runner import PACKAGE_ROOT, run_in_subprocess, worker_task
+from .runner import PACKAGE_ROOT, exit_with, run_in_subprocess, worker_task
 
 __all__ = ["main", "measure", "orders", "randomness", "read_units", "summarize"]
 
@@ -455,8 +455,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted: S3 server and workers stopped", file=sys.stderr)
-        sys.exit(130)
+    exit_with(main)
