@@ -113,35 +113,45 @@ def test_workers_of_one_iteration_agree_and_iterations_advance(
     """
     persistent = data.draw(st.booleans())
     schedule = Schedule()
+    numbers: list[int] = []
     for n in range(iterations):
         token = (seeds[0], n) if persistent else (seeds[n], 0)
         order = data.draw(st.permutations(range(num_workers)))
-        epochs = []
+        epochs, got_numbers = [], set()
         for _ in order:
-            schedule, got = schedule.join(token, num_workers, resume_epoch=None)
+            schedule, got, number = schedule.join(token, num_workers, resume_epoch=None)
             epochs.append(got)
+            got_numbers.add(number)
         assert epochs == [n] * num_workers
+        # One number per iteration, shared by its workers, larger than any before.
+        assert len(got_numbers) == 1
+        numbers.extend(got_numbers)
     assert schedule.next_epoch == iterations
+    assert numbers == sorted(set(numbers))
 
 
 def test_a_repeated_base_seed_still_advances_once_every_worker_joined() -> None:
     schedule = Schedule()
-    epochs = []
+    epochs, numbers = [], []
     for _ in range(3):  # a user re-seeding torch identically before every epoch
         for _ in range(2):
-            schedule, got = schedule.join((42, 0), 2, resume_epoch=None)
+            schedule, got, number = schedule.join((42, 0), 2, resume_epoch=None)
             epochs.append(got)
+            numbers.append(number)
     assert epochs == [0, 0, 1, 1, 2, 2]
+    assert numbers == [1, 1, 2, 2, 3, 3]
 
 
 def test_a_chosen_epoch_wins_over_a_checkpoint_and_is_used_once() -> None:
     schedule = Schedule().choose(5)
-    schedule, got = schedule.start_here(resume_epoch=1)
+    schedule, got, first = schedule.start_here(resume_epoch=1)
     assert got == 5
-    schedule, got = schedule.start_here(resume_epoch=None)
+    schedule, got, second = schedule.start_here(resume_epoch=None)
     assert got == 6
-    schedule, got = schedule.start_here(resume_epoch=2)  # nothing chosen: the checkpoint's
+    schedule, got, third = schedule.start_here(resume_epoch=2)  # nothing chosen: the checkpoint's
     assert got == 2
+    assert first < second < third
+    assert schedule.choices == 1  # the choice is counted, and the count survives iterations
 
 
 @pytest.mark.parametrize("batch_mode", [False, True])

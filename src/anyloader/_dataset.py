@@ -199,7 +199,7 @@ class AsyncDataset(IterableDataset[Any]):
         token = None if info is None else (info.seed - info.id, self._iterations)
         self._iterations += 1
         resume = self._state.resume
-        epoch = self._schedule.start(
+        epoch, number = self._schedule.start(
             token=token,
             num_workers=shard.num_workers,
             resume_epoch=None if resume is None else resume.progress.epoch,
@@ -207,10 +207,10 @@ class AsyncDataset(IterableDataset[Any]):
         o = self.config.options
         self._state, progress, plan = self._state.start(shard, epoch)
         assert self._state.latest is not None
-        number = self._state.latest.number
+        latest = self._state.latest.number
 
         def report(progress: Progress) -> None:
-            self._state = self._state.deliver(number, progress)
+            self._state = self._state.deliver(latest, progress)
 
         remaining = progress.remaining()
         return EpochIterator(
@@ -222,5 +222,5 @@ class AsyncDataset(IterableDataset[Any]):
             planned=len(remaining),
             shared=info is not None,
             seed=hash((o.seed, epoch, shard)),
-            stats=self._stats.start(),
+            stats=self._stats.start(number),
         )

@@ -14,6 +14,11 @@ calls ``iter(dataset)`` once per iteration, so the first to arrive opens the
 iteration and the others join it; an iteration is recognised by its token
 (the DataLoader's per-iterator base seed and the worker's own iteration
 count) and closes when ``num_workers`` workers have joined.
+
+Every iteration gets a number from the schedule, shared by all the workers of
+one DataLoader iteration and larger than any before it: that number, not the
+token (which repeats when torch is reseeded between epochs), is what the
+stats channel files an epoch's stats under.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import weakref
-from dataclasses import astuple, dataclass, replace
+from dataclasses import astuple, dataclass, fields, replace
 from typing import Any
 
 __all__ = ["Schedule", "SharedSchedule"]
@@ -40,6 +45,10 @@ class Schedule:
         arrivals: workers that have joined it.
         in_workers: the latest iteration ran in DataLoader workers, so this
             process does not know how far it got.
+        iterations: iterations started so far; the latest one's number.
+        open_number: the number of the iteration workers are joining.
+        choices: ``set_epoch`` calls so far (tells a loader whether the user
+            chose an epoch after its own choice).
     """
 
     next_epoch: int = 0
@@ -49,10 +58,20 @@ class Schedule:
     token_count: int = -1
     arrivals: int = 0
     in_workers: bool = False
+    iterations: int = 0
+    open_number: int = 0
+    choices: int = 0
 
     def choose(self, epoch: int) -> Schedule:
         """``set_epoch(epoch)``: the next iteration reads ``epoch``."""
-        return replace(self, next_epoch=epoch, chosen=True, arrivals=0, token_seed=-1)
+        return replace(
+            self,
+            next_epoch=epoch,
+            chosen=True,
+            arrivals=0,
+            token_seed=-1,
+            choices=self.choices + 1,
+        )
 
     def _epoch_for(self, resume_epoch: int | None) -> int:
         # A chosen epoch wins; else a checkpoint's; else the next in line.
@@ -60,19 +79,23 @@ class Schedule:
             return self.next_epoch
         return resume_epoch
 
-    def start_here(self, resume_epoch: int | None) -> tuple[Schedule, int]:
-        """An iteration in this process (no DataLoader workers): return it and its epoch."""
+    def start_here(self, resume_epoch: int | None) -> tuple[Schedule, int, int]:
+        """An iteration in this process (no DataLoader workers): return it, its epoch, number."""
         epoch = self._epoch_for(resume_epoch)
-        return Schedule(next_epoch=epoch + 1), epoch
+        number = self.iterations + 1
+        started = Schedule(next_epoch=epoch + 1, iterations=number, choices=self.choices)
+        return started, epoch, number
 
     def join(
         self, token: tuple[int, int], num_workers: int, resume_epoch: int | None
-    ) -> tuple[Schedule, int]:
-        """A DataLoader worker starts iterating: open or join its iteration; return its epoch."""
+    ) -> tuple[Schedule, int, int]:
+        """A DataLoader worker starts iterating: open or join its iteration; return it, its
+        epoch and number."""
         joining = (self.token_seed, self.token_count) == token and 0 < self.arrivals < num_workers
         if joining:
-            return replace(self, arrivals=self.arrivals + 1), self.open_epoch
+            return replace(self, arrivals=self.arrivals + 1), self.open_epoch, self.open_number
         epoch = self._epoch_for(resume_epoch)
+        number = self.iterations + 1
         opened = Schedule(
             next_epoch=epoch + 1,
             open_epoch=epoch,
@@ -80,8 +103,11 @@ class Schedule:
             token_count=token[1],
             arrivals=1,
             in_workers=True,
+            iterations=number,
+            open_number=number,
+            choices=self.choices,
         )
-        return opened, epoch
+        return opened, epoch, number
 
 
 _FIELDS = len(astuple(Schedule()))
@@ -111,16 +137,11 @@ class SharedSchedule:
         _live.add(self)
 
     def _read(self) -> Schedule:
-        cells = list(self._cells)
-        return Schedule(
-            next_epoch=cells[0],
-            chosen=bool(cells[1]),
-            open_epoch=cells[2],
-            token_seed=cells[3],
-            token_count=cells[4],
-            arrivals=cells[5],
-            in_workers=bool(cells[6]),
-        )
+        values: dict[str, Any] = {
+            f.name: bool(v) if f.type == "bool" else int(v)
+            for f, v in zip(fields(Schedule), list(self._cells), strict=True)
+        }
+        return Schedule(**values)
 
     def _write(self, value: Schedule) -> None:
         self._cells[:] = [int(v) for v in astuple(value)]
@@ -152,17 +173,21 @@ class SharedSchedule:
 
     def start(
         self, *, token: tuple[int, int] | None, num_workers: int, resume_epoch: int | None
-    ) -> int:
-        """Start an iteration (``token`` is None outside DataLoader workers); return its epoch."""
+    ) -> tuple[int, int]:
+        """Start an iteration (``token`` is None outside DataLoader workers): its epoch and number.
+
+        Every worker of one DataLoader iteration gets the same number; a later
+        iteration, in this process or in workers, a larger one.
+        """
         self._own()
         with self._cells.get_lock():
             current = self._read()
             if token is None:
-                value, epoch = current.start_here(resume_epoch)
+                value, epoch, number = current.start_here(resume_epoch)
             else:
-                value, epoch = current.join(token, num_workers, resume_epoch)
+                value, epoch, number = current.join(token, num_workers, resume_epoch)
             self._write(value)
-        return epoch
+        return epoch, number
 
     def __getstate__(self) -> dict[str, Any]:
         from multiprocessing.context import get_spawning_popen

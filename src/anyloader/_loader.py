@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["DataLoader", "UnevenStepsWarning"]
 
 VERSION = 1
+_STATE_KEYS = frozenset({"dataset", "epoch", "cuts", "layout", "steps"})
 
 
 class UnevenStepsWarning(UserWarning):
@@ -161,6 +162,9 @@ class DataLoader(torch.utils.data.DataLoader[Any]):
         self._rows_per_step: int = rows_per_step
         self._position = Position(dataset.epoch)
         self._loaded: Position | None = None
+        # The schedule's count of set_epoch calls right after this loader's own
+        # (at iteration start): a larger count means the user chose an epoch since.
+        self._choice: int | None = None
         self._clock: TrainingClock | None = None
 
     @property
@@ -215,6 +219,7 @@ class DataLoader(torch.utils.data.DataLoader[Any]):
             )
         # The main process decides the epoch; set_epoch carries it to the workers.
         dataset.set_epoch(position.epoch)
+        self._choice = dataset._schedule.value.choices
         if position is self._loaded:
             dataset._resume_rest(position.epoch, rest)
         self._position = position.begin(layout)
@@ -250,8 +255,13 @@ class DataLoader(torch.utils.data.DataLoader[Any]):
         epoch = dataset.epoch  # set_epoch's choice, a loaded state's epoch, or the next one
         if self._loaded is not None and self._loaded.epoch == epoch:
             return self._loaded
-        if dataset._schedule.value.chosen or self._position.layout is None:
-            return Position(epoch)  # chosen by set_epoch, never begun, or the last one ended
+        schedule = dataset._schedule.value
+        # Until its workers join, this loader's own set_epoch reads as "chosen":
+        # only a choice made since then starts an epoch afresh.
+        if schedule.chosen and schedule.choices != self._choice:
+            return Position(epoch)
+        if self._position.layout is None:
+            return Position(epoch)  # never begun, or the last one ended
         return self._position
 
     def state_dict(self) -> dict[str, Any]:
@@ -293,17 +303,41 @@ class DataLoader(torch.utils.data.DataLoader[Any]):
                 f"{VERSION}): pass what DataLoader.state_dict() returned; a state from "
                 "AsyncDataset.state_dict() goes to AsyncDataset.load_state_dict()"
             )
+        missing = sorted(_STATE_KEYS - set(state))
+        if missing:
+            raise StateError(
+                f"the state is missing {missing}; pass what DataLoader.state_dict() returned"
+            )
         dataset = self._async_dataset
-        dataset._state.dataset.check(state["dataset"])
+        identity = dataset._state.dataset
+        identity.check(state["dataset"])
         layout = state["layout"]
-        position = Position(
-            epoch=non_negative_int("epoch", state["epoch"]),
-            cuts=Rest.parse({"cuts": state["cuts"], "taken": None}).cuts,
-            layout=None if layout is None else Layout(**dict(layout)),
-            steps=non_negative_int("steps", state["steps"]),
-        )
+        try:
+            position = Position(
+                epoch=non_negative_int("epoch", state["epoch"]),
+                cuts=Rest.parse({"cuts": state["cuts"], "taken": None}).cuts,
+                layout=None if layout is None else Layout(**dict(layout)),
+                steps=non_negative_int("steps", state["steps"]),
+            )
+        except (TypeError, ValueError) as exc:
+            raise StateError(f"not a valid anyloader.DataLoader state: {exc}") from None
         if position.steps and position.layout is None:
             raise StateError("a state that took steps must name its layout")
+        if position.layout is not None:
+            lay = position.layout
+            steps = rank_steps(
+                identity.num_rows,
+                Rest(position.cuts),
+                lay.world_size,
+                lay.num_workers,
+                lay.batch_size,
+                even=identity.even,
+            )
+            if position.steps > max(steps):
+                raise StateError(
+                    f"steps={position.steps} is past the end of epoch {position.epoch}: "
+                    f"{lay} takes {max(steps)} steps there. Not a state of this dataset's epoch."
+                )
         self._loaded = position
         # Until an iteration starts, the dataset reports the loaded epoch.
         dataset._resume_rest(position.epoch, Rest(position.cuts))

@@ -63,17 +63,24 @@ class Dataset:
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
 
-    def check(self, saved: Mapping[str, Any]) -> None:
+    def check(self, saved: object) -> None:
         """Refuse a checkpoint of another dataset (its ``"dataset"`` entry).
+
+        Only what the order depends on is compared: the seed only when
+        shuffling, the window only with blocks. A checkpoint that differs in
+        an unused option resumes the same epoch, and is accepted.
 
         Raises:
             StateError: naming the first field that differs and both values.
         """
-        for name, mine in vars(self).items():
-            if saved.get(name) != mine:
+        if not isinstance(saved, Mapping):
+            raise StateError(f"the state's dataset must be a mapping, got {saved!r}")
+        theirs, mine = _used(saved), _used(vars(self))
+        for name in vars(self):
+            if theirs.get(name) != mine[name]:
                 raise StateError(
                     f"the checkpoint was saved with {name}={saved.get(name)!r}, this dataset has "
-                    f"{name}={mine!r}: resuming would not continue the same epoch"
+                    f"{name}={getattr(self, name)!r}: resuming would not continue the same epoch"
                 )
 
     def order(self, epoch: int) -> Order:
@@ -86,6 +93,16 @@ class Dataset:
             block_size=self.shuffle_block_size,
             window=self.shuffle_window,
         )
+
+
+def _used(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """``identity`` with the options the order does not use blanked out."""
+    used = dict(identity)
+    if not used.get("shuffle"):
+        used.update(seed=None, shuffle_block_size=None, shuffle_window=None)
+    elif used.get("shuffle_block_size") is None:
+        used["shuffle_window"] = None
+    return used
 
 
 @dataclass(frozen=True)
@@ -269,6 +286,11 @@ class IterationState:
             raise StateError("a state that delivered rows must name its shard")
         if any(p < progress.mark for p in extra) or len(set(extra)) != len(extra):
             raise StateError(f"delivered positions {list(extra)} overlap position {progress.mark}")
+        if progress.mark > progress.length or any(p >= progress.length for p in extra):
+            raise StateError(
+                f"position {progress.mark} (delivered {list(extra)}) is past the end of the "
+                f"shard's {progress.length} rows: not a state of this epoch"
+            )
         try:
             rest = Rest.parse(state.get("rest"))
         except ValueError as exc:

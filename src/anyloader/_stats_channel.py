@@ -13,12 +13,13 @@ for it.
 
 "The latest epoch" is the latest iteration started: one ``iter(loader)``
 (each persistent worker's next iteration is a new one), or an iteration in
-the owner process itself. Every iteration takes a number from a shared
-counter when it starts; the cells hold the numbered iteration of the workers
-that wrote them last (named by the DataLoader's per-iterator seed and the
-worker's own count of iterations), and contributions of an older iteration
-arriving late are dropped. ``latest()`` returns the newer of that and the
-owner's own iteration.
+the owner process itself. Every iteration has a number from the dataset's
+epoch schedule (:class:`~anyloader._epochs.SharedSchedule`): the workers of
+one DataLoader iteration share it, and a later iteration has a larger one,
+however torch's random generator was seeded. The cells hold the iteration
+with the largest number reported so far; a report of a larger number resets
+them, one of a smaller number (an older iteration, late) is dropped.
+``latest()`` returns the newer of that and the owner's own iteration.
 """
 
 from __future__ import annotations
@@ -37,12 +38,9 @@ if TYPE_CHECKING:
 
 __all__ = ["SharedStats"]
 
-# [iterations started, timeline origin, timeline bins]
-_COUNTER, _ORIGIN, _BINS = range(3)
-# [token seed, token count, iteration number] of the workers' iteration in the cells
-_SEED, _COUNT, _NUMBER = range(3, 6)
-_VECTOR = 6
-_TOKEN_MODULUS = 2**52  # a float64 holds integers below 2**53 exactly
+# [iteration number of the cells, timeline origin, timeline bins]
+_NUMBER, _ORIGIN, _BINS = range(3)
+_VECTOR = 3
 
 _live: weakref.WeakSet[SharedStats] = weakref.WeakSet()
 
@@ -64,7 +62,6 @@ class SharedStats:
         self._timeline_bins = timeline_bins
         self._origin = origin
         self._local: tuple[int, EpochRecorder] | None = None
-        self._starts = 0
         self._create()
 
     def _create(self) -> None:
@@ -72,7 +69,7 @@ class SharedStats:
         bins = self._timeline_bins
         size = _VECTOR + VECTOR_LENGTH + (1 + len(SERIES) * bins if bins else 0)
         self._cells: Any = multiprocessing.get_context("spawn").Array("d", size)
-        self._cells[:_VECTOR] = [0.0, self._origin, self._timeline_bins, -1.0, -1.0, 0.0]
+        self._cells[:_VECTOR] = [0.0, self._origin, self._timeline_bins]
         self._local = None
         _live.add(self)
 
@@ -86,27 +83,23 @@ class SharedStats:
             return
         self._create()
 
-    def start(self) -> EpochRecorder:
-        """A new iteration starts in this process: its recorder (reporting, in a worker)."""
+    def start(self, number: int) -> EpochRecorder:
+        """Iteration ``number`` (from the epoch schedule) starts in this process: its recorder.
+
+        In a DataLoader worker the recorder reports to the cells, at once (so
+        they hold this iteration, not the one before) and as it goes.
+        """
         from torch.utils.data import get_worker_info
 
         self._own()
-        with self._cells.get_lock():
-            number = int(self._cells[_COUNTER]) + 1
-            self._cells[_COUNTER] = number
         bins = self._timeline_bins
         timeline = Timeline(self._origin, bins=bins) if bins else None
-        info = get_worker_info()
-        if info is None:
+        if get_worker_info() is None:
             recorder = EpochRecorder(timeline=timeline)
         else:
-            # The workers of one DataLoader iteration share its base seed; a
-            # persistent worker's iterations differ in its own count.
-            token = (float((info.seed - info.id) % _TOKEN_MODULUS), float(self._starts))
-            self._starts += 1
-            publish = _Publisher(self, token, number)
+            publish = _Publisher(self, number)
             recorder = EpochRecorder(timeline=timeline, publish=publish)
-            publish(recorder)  # the cells now hold this iteration, not the one before
+            publish(recorder)
         self._local = (number, recorder)
         return recorder
 
@@ -147,22 +140,16 @@ class SharedStats:
         return None, (vector if number > 0 else None)
 
     def _add(
-        self,
-        token: tuple[float, float],
-        number: int,
-        delta: Sequence[float],
-        peak: float,
-        timeline: TimelineData | None,
+        self, number: int, delta: Sequence[float], peak: float, timeline: TimelineData | None
     ) -> bool:
-        """Add a worker's news to the cells; False if a newer iteration holds them."""
+        """Add a worker's news of iteration ``number``; False if a newer one holds the cells."""
         cells = self._cells
         with cells.get_lock():
-            if (cells[_SEED], cells[_COUNT]) != token:
-                if number < cells[_NUMBER]:
-                    return False  # an older iteration, reporting late: no longer the latest
-                cells[_SEED], cells[_COUNT] = token
+            if number < cells[_NUMBER]:
+                return False  # an older iteration, reporting late: no longer the latest
+            if number > cells[_NUMBER]:
+                cells[_NUMBER] = number
                 cells[_VECTOR:] = [0.0] * (len(cells) - _VECTOR)
-            cells[_NUMBER] = max(cells[_NUMBER], number)
             end = _VECTOR + VECTOR_LENGTH
             cells[_VECTOR:end] = [a + b for a, b in zip(cells[_VECTOR:end], delta, strict=True)]
             cells[_VECTOR + MAX_INDEX] = max(cells[_VECTOR + MAX_INDEX], peak)
@@ -178,7 +165,7 @@ class SharedStats:
         from multiprocessing.context import get_spawning_popen
 
         self._own()
-        state = {"bins": self._timeline_bins, "origin": self._origin, "starts": self._starts}
+        state = {"bins": self._timeline_bins, "origin": self._origin}
         if get_spawning_popen() is not None:
             # A process being started (a DataLoader worker among them) shares the cells.
             state.update(owner=self._owner, cells=self._cells)
@@ -186,7 +173,6 @@ class SharedStats:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._timeline_bins, self._origin = state["bins"], state["origin"]
-        self._starts = state["starts"]
         self._local = None
         if "cells" in state:
             self._owner, self._cells = state["owner"], state["cells"]
@@ -198,9 +184,8 @@ class SharedStats:
 class _Publisher:
     """Adds one worker's iteration to the cells: what it recorded since the last time."""
 
-    def __init__(self, channel: SharedStats, token: tuple[float, float], number: int) -> None:
+    def __init__(self, channel: SharedStats, number: int) -> None:
         self._channel = channel
-        self._token = token
         self._number = number
         self._pid = os.getpid()
         self._sent = [0.0] * VECTOR_LENGTH
@@ -224,7 +209,7 @@ class _Publisher:
                     for s, t in zip(timeline.series, before.series, strict=True)
                 ),
             )
-        if self._channel._add(self._token, self._number, delta, vector[MAX_INDEX], news):
+        if self._channel._add(self._number, delta, vector[MAX_INDEX], news):
             self._sent = vector
             self._sent_timeline = timeline
 
