@@ -146,7 +146,10 @@ def test_waiting_on_a_slow_store_costs_almost_no_cpu(backend: str) -> None:
 
 CTRL_C_SCRIPT = textwrap.dedent(
     """
-    import sys, threading
+    import signal, sys, threading
+    # A parent that ignores SIGINT (a background job of a non-interactive shell,
+    # a CI runner) passes that on: Ctrl-C means KeyboardInterrupt here again.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, {tests!r})
     from _doubles import CountingSource
     from anyloader import AsyncDataset
@@ -163,19 +166,40 @@ CTRL_C_SCRIPT = textwrap.dedent(
 )
 
 
+# exec keeps an ignored disposition: the script starts as a child of an ignoring parent would.
+IGNORING_PARENT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
 @pytest.mark.slow
-def test_ctrl_c_stops_the_epoch_and_the_process_exits_cleanly(backend: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("parent_ignores_sigint", [False, True])
+def test_ctrl_c_stops_the_epoch_and_the_process_exits_cleanly(
+    backend: str, parent_ignores_sigint: bool, tmp_path: Path
+) -> None:
     script = tmp_path / "ctrl_c.py"
     tests = str(Path(__file__).parent)
     script.write_text(CTRL_C_SCRIPT.format(tests=tests, backend=backend))
-    proc = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    launcher = (
+        [sys.executable, "-c", IGNORING_PARENT] if parent_ignores_sigint else [sys.executable]
     )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
-    sent = time.perf_counter()
-    os.kill(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    proc = subprocess.Popen(
+        [*launcher, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        sent = time.perf_counter()
+        os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:  # a failure must not leave the child running into later tests
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 0, err
     assert time.perf_counter() - sent < 5.0
     line = out.strip().splitlines()[-1]

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +19,8 @@ import torch
 
 import anyloader
 from anyloader import AsyncDataset, MemorySource, StateError
+
+TESTS = str(Path(__file__).parent)
 
 
 def xs(n: int = 40) -> MemorySource:
@@ -140,3 +148,133 @@ def test_7_options_the_order_does_not_use_do_not_refuse_a_checkpoint() -> None:
         AsyncDataset(xs(), shuffle=True, seed=1).load_state_dict(
             AsyncDataset(xs(), shuffle=True, seed=2).state_dict()
         )
+
+
+# 4. Ctrl-C could hang training: the training thread waited without a timeout, so a
+#    SIGINT whose C-level handler ran on another thread never woke it.
+
+SIGINT_ELSEWHERE = textwrap.dedent(
+    """
+    import signal, sys, threading, time
+    sys.path.insert(0, {tests!r})
+    from _doubles import CountingSource
+    from anyloader import AsyncDataset
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # A thread that does not block SIGINT, as deeplake's and torch's native threads.
+    idle = threading.Event()
+    native = threading.Thread(target=idle.wait, daemon=True)
+    native.start()
+    it = iter(AsyncDataset(CountingSource(100, slow_from=0), backend={backend!r}))
+    sent = []
+
+    def interrupt():
+        time.sleep(0.3)
+        sent.append(time.perf_counter())
+        signal.pthread_kill(native.ident, signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    try:
+        next(it)  # the source stalls: only the interrupt can end this
+    except KeyboardInterrupt:
+        print("interrupted", time.perf_counter() - sent[0], flush=True)
+    """
+)
+
+
+def run_script(script: str, timeout: float = 60, **popen: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter; kill it (and fail) if it outlives ``timeout``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_4_a_sigint_handled_on_another_thread_interrupts_training_within_a_second(
+    backend: str,
+) -> None:
+    done = run_script(SIGINT_ELSEWHERE.format(tests=TESTS, backend=backend), timeout=30)
+    assert done.returncode == 0, done.stderr
+    word, seconds = done.stdout.split()
+    assert word == "interrupted"
+    assert float(seconds) < 1.0
+
+
+def _blocked_signals(native_id: int) -> int:
+    status = Path(f"/proc/self/task/{native_id}/status").read_text()
+    return int(
+        next(line for line in status.splitlines() if line.startswith("SigBlk")).split()[1], 16
+    )
+
+
+def test_4_threads_of_ours_leave_signals_to_the_main_thread(pairs_url: str, backend: str) -> None:
+    it = iter(AsyncDataset(pairs_url, backend=backend, columns=["images"]))
+    next(it)
+    ours = [t for t in threading.enumerate() if t.name.startswith("anyloader")]
+    try:
+        kinds = {t.name.split("_")[0] for t in ours}
+        assert kinds == {"anyloader", "anyloader-decode"}, kinds
+        sigint = 1 << (signal.SIGINT - 1)
+        for thread in ours:
+            assert thread.native_id is not None
+            assert _blocked_signals(thread.native_id) & sigint, f"{thread.name} takes SIGINT"
+        assert threading.main_thread().native_id is not None
+        assert not _blocked_signals(threading.main_thread().native_id) & sigint
+    finally:
+        it.close()
+
+
+SIGINT_STORM = textwrap.dedent(
+    """
+    import faulthandler, os, random, signal, sys, threading, time
+    faulthandler.dump_traceback_later(120, exit=True)  # a hang fails the run, with stacks
+    sys.path.insert(0, {tests!r})
+    from _doubles import CountingSource
+    from anyloader import AsyncDataset
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    rng = random.Random(0)
+    ds = AsyncDataset(CountingSource(100, slow_from=0), backend={backend!r})
+    worst = 0.0
+    for _ in range({rounds}):
+        sent = []
+
+        def interrupt(delay=rng.uniform(0, 0.01)):
+            time.sleep(delay)
+            sent.append(time.perf_counter())
+            os.kill(os.getpid(), signal.SIGINT)  # to the process: the kernel picks a thread
+
+        it = None
+        try:
+            threading.Thread(target=interrupt, daemon=True).start()
+            it = iter(ds)
+            next(it)
+            raise SystemExit("the stalled source delivered a row")
+        except KeyboardInterrupt:
+            worst = max(worst, time.perf_counter() - sent[0])
+        finally:
+            if it is not None:
+                it.close()
+    print("worst", worst, flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_4_every_ctrl_c_interrupts_training_promptly(backend: str) -> None:
+    script = SIGINT_STORM.format(tests=TESTS, backend=backend, rounds=40)
+    done = run_script(script, timeout=150)
+    assert done.returncode == 0, done.stderr
+    word, seconds = done.stdout.split()
+    assert word == "worst"
+    assert float(seconds) < 1.0

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import anyio.lowlevel
 
+from ._signals import signals_blocked
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
     from concurrent.futures import Future
@@ -109,7 +111,10 @@ class EpochDecoding:
             finally:
                 took[0] = time.thread_time() - start
 
-        future = self._executor().submit(timed)
+        executor = self._executor()
+        # The pool starts its threads in submit: they inherit the blocked mask.
+        with signals_blocked():
+            future = executor.submit(timed)
         call_soon = self._call_soon
         assert call_soon is not None
 

@@ -8,8 +8,11 @@
     close()    --- call soon: cancel -------> engine cancelled, loop returns; join
 
 Items cross in a ``queue.SimpleQueue``: the engine never blocks on it (the
-row budget bounds it), the consumer blocks in ``get`` without spinning and a
-Ctrl-C interrupts it. Calls into the loop use the backend's own non-blocking,
+row budget bounds it), the consumer blocks in ``get`` without spinning, in
+slices, so a Ctrl-C reaches it within one whichever thread the kernel gave the
+signal to (see :mod:`anyloader._signals`); the loop thread and its decode
+threads block the asynchronous signals, so the kernel gives them to the main
+thread. Calls into the loop use the backend's own non-blocking,
 thread-safe scheduling (``loop.call_soon_threadsafe``, ``TrioToken.run_sync_soon``),
 never a blocking portal call: that is what lets a trio loop thread be driven
 from a thread that is itself running ``trio.run``, and lets ``close`` run on
@@ -33,6 +36,7 @@ import anyio
 import anyio.lowlevel
 
 from ._pipeline import Failed, RowBudget, run_engine
+from ._signals import SLICE, join, signals_blocked
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -119,11 +123,21 @@ class LoopThread:
         # A daemon: an iterator left open at exit is closed by an atexit hook
         # (anyloader._exit), which runs only after non-daemon threads are joined.
         self._thread = threading.Thread(target=run, name="anyloader", daemon=True)
-        self._thread.start()
+        with signals_blocked():  # the thread inherits the mask: signals go to the main thread
+            self._thread.start()
 
     def get(self) -> list[Item]:
-        """Block until the engine has emitted something; return all that is ready."""
-        items = [self._items.get()]
+        """Block until the engine has emitted something; return all that is ready.
+
+        Waits in slices: a signal's Python handler (``KeyboardInterrupt``) runs
+        within one, even if the C-level handler ran on another thread.
+        """
+        while True:
+            try:
+                items = [self._items.get(timeout=SLICE)]
+                break
+            except queue.Empty:
+                continue
         while True:
             try:
                 items.append(self._items.get_nowait())
@@ -137,7 +151,8 @@ class LoopThread:
 
     def _call(self, fn: Callable[..., object], *args: Any) -> bool:
         """Schedule ``fn(*args)`` on the loop; False if the loop has already finished."""
-        self._started.wait()
+        while not self._started.wait(SLICE):
+            pass
         if self._call_soon is None:
             return False
         try:
@@ -158,7 +173,7 @@ class LoopThread:
         self._closed = True
         self._call(self._cancel)
         if threading.current_thread() is not self._thread:
-            self._thread.join()
+            join(self._thread)
 
     def _cancel(self) -> None:
         if self._scope is not None:
