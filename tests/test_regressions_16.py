@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import signal
@@ -13,12 +14,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import numpy as np
 import pytest
 import torch
 
 import anyloader
 from anyloader import AsyncDataset, MemorySource, StateError
+from anyloader._batch_memory import BatchMemory
+from anyloader._decoding import DecodeSettings, open_decoding
 
 TESTS = str(Path(__file__).parent)
 
@@ -278,3 +283,52 @@ def test_4_every_ctrl_c_interrupts_training_promptly(backend: str) -> None:
     word, seconds = done.stdout.split()
     assert word == "worst"
     assert float(seconds) < 1.0
+
+
+# Suspected, confirmed: the batch memory's finaliser took a lock that the code the
+# collector interrupts may hold (a deadlock).
+
+
+def test_suspect_the_collector_frees_a_batch_while_its_memory_is_locked() -> None:
+    memory = BatchMemory(shared=False)
+    finished = threading.Event()
+
+    def interrupted() -> None:
+        batch = memory.empty((4, 4), torch.uint8)
+        cycle: list[Any] = [batch]
+        cycle.append(cycle)  # only the collector frees it
+        del batch
+        with memory._lock:  # the code the collector interrupts holds the lock
+            del cycle
+            gc.collect()  # and the batch's finaliser runs on this very thread
+        finished.set()
+
+    thread = threading.Thread(target=interrupted, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert finished.is_set(), "the finaliser deadlocked on the memory's lock"
+    assert sum(len(spare) for spare in memory._free.values()) == 1  # and the memory came back
+
+
+# Suspected, confirmed: a decode that outlived its timed-out fetch attempt kept writing
+# into the batch slots the retry (and later a reused batch) filled.
+
+
+@pytest.mark.anyio
+async def test_suspect_no_decode_outlives_the_attempt_it_served() -> None:
+    started, release = threading.Event(), threading.Event()
+    slot = np.zeros(1)
+
+    def decode() -> None:
+        started.set()
+        release.wait(10)
+        slot[0] = 1  # a write into the batch slot
+
+    async with open_decoding(DecodeSettings(threads=1)) as decoding:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(decoding.run, decode)
+            await anyio.to_thread.run_sync(started.wait)
+            threading.Timer(0.2, release.set).start()  # the decode takes 0.2 s more
+            tg.cancel_scope.cancel()  # the attempt times out
+        # The attempt has ended: its decode must have ended too.
+        assert slot[0] == 1

@@ -44,7 +44,9 @@ class BatchMemory:
     def __init__(self, *, shared: bool) -> None:
         self.shared = shared
         self._free: dict[int, list[np.ndarray]] = {}  # by size in bytes
-        self._lock = threading.Lock()
+        # Reentrant: the garbage collector can run _give_back (a finaliser) on a
+        # thread that is inside this lock already, at any allocation.
+        self._lock = threading.RLock()
         self._closed = False
 
     def empty(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:

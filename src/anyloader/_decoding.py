@@ -60,7 +60,8 @@ class EpochDecoding:
 
     Guarantee: after :meth:`close`, no decode of this epoch is running and the
     pool's threads have ended. A decode whose waiting task is cancelled is
-    dropped if it has not started (and its result ignored if it has). With
+    dropped if it has not started; if it has, the task waits for it to end
+    (its result is ignored), so no decode outlives the fetch attempt it served. With
     ``stats``, each decode's rows and its CPU time in the thread are counted.
     """
 
@@ -127,7 +128,12 @@ class EpochDecoding:
         try:
             await done.wait()
         except BaseException:
-            future.cancel()
+            if not future.cancel():
+                # Running: it writes into this fetch's slots of a batch tensor, which
+                # a retry fills again and a later batch may reuse. It ends before we do
+                # (one call: a few images).
+                with anyio.CancelScope(shield=True):
+                    await done.wait()
             raise
         result = future.result()
         if self._stats is not None:
