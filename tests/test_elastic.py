@@ -8,12 +8,14 @@ arithmetic in ``anyloader._plan``; it only runs plans and counts.
 
 from __future__ import annotations
 
+import random
 import time
 import warnings
 from collections import Counter
 
 import numpy as np
 import pytest
+import torch.utils.data.distributed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +24,7 @@ from anyloader import Shard, StateError
 from anyloader._loader import Layout, Position
 from anyloader._order import epoch_order
 from anyloader._plan import Rest, rank_steps, shard_plan
+from anyloader._state import Progress
 
 layouts = st.builds(Layout, st.integers(1, 4), st.integers(1, 4), st.integers(1, 6))
 
@@ -87,6 +90,93 @@ def test_resuming_on_any_layouts_reads_the_epoch_exactly_once(
         assert len(seen) == rows  # every row
     else:
         # Only even's tails are skipped: fewer than world_size rows per resume.
+        assert rows - len(seen) < sum(world_sizes)
+
+
+def unordered_run(order, position: Position, layout: Layout, even: bool, steps, rng):
+    """As :func:`run`, but each worker delivers its rows out of plan order (a fetch window).
+
+    A worker hands out rows as a loader with a bounded row budget would: each
+    next row is drawn at random from its next few undelivered positions. The
+    checkpoint is the cut plus every rank's holes and extras, from what each
+    worker delivered (``Progress`` per worker, as the loader keeps it).
+    """
+    rest, _ = position.rest_for(layout, ordered=False)
+    position = position.begin(layout, ordered=False)
+    delivered: list[int] = []
+    holes: list[int] = []
+    extras: list[int] = []
+    for rank in range(layout.world_size):
+        plans = [
+            shard_plan(
+                order, Shard(rank, layout.world_size, k, layout.num_workers), rest, even=even
+            )
+            for k in range(layout.num_workers)
+        ]
+        queues = []
+        for plan in plans:
+            left, out = list(range(plan.length)), []
+            while left:
+                out.append(left.pop(rng.randrange(min(len(left), 6))))
+            queues.append(
+                [out[i : i + layout.batch_size] for i in range(0, len(out), layout.batch_size)]
+            )
+        progress = [Progress(2, plan.length) for plan in plans]
+        taken, worker = 0, 0
+        while any(queues) and (steps is None or taken < steps):
+            if queues[worker]:
+                batch = queues[worker].pop(0)
+                progress[worker] = progress[worker].deliver(batch)
+                delivered += plans[worker].rows(np.array(batch, dtype=np.int64)).tolist()
+                taken += 1
+            worker = (worker + 1) % layout.num_workers
+        stopped = Position(2, position.cuts, layout, taken, delivered=tuple(progress))
+        h, e = stopped.local_corrections(rank)
+        holes, extras = holes + h, extras + e
+    steps_taken = max(
+        rank_steps(order.size, rest, *vars(layout).values(), even=even)
+        if steps is None
+        else [steps]
+    )
+    return delivered, Position(2, position.cuts, layout, steps_taken, tuple(holes), tuple(extras))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.integers(0, 300),
+    shuffle=st.booleans(),
+    even=st.booleans(),
+    segments=st.lists(st.tuples(layouts, st.integers(0, 40)), min_size=1, max_size=3),
+    last=layouts,
+    seed=st.integers(0, 2**32),
+)
+def test_rows_delivered_out_of_order_resume_on_any_layouts_exactly_once(
+    rows: int,
+    shuffle: bool,
+    even: bool,
+    segments: list[tuple[Layout, int]],
+    last: Layout,
+    seed: int,
+) -> None:
+    order = epoch_order(rows, seed=11, epoch=2, shuffle=shuffle)
+    rng = random.Random(seed)
+    position = Position(epoch=2)
+    seen: Counter[int] = Counter()
+    world_sizes = []
+    for layout, steps in [*segments, (last, None)]:
+        # Every rank takes the same steps (DDP): the fewest any rank has.
+        if steps is not None:
+            rest, _ = position.rest_for(layout, ordered=False)
+            steps = min([steps, *rank_steps(order.size, rest, *vars(layout).values(), even=even)])
+        got, position = unordered_run(order, position, layout, even, steps, rng)
+        seen.update(got)
+        world_sizes.append(layout.world_size)
+        assert len(position.holes) == len(position.extras)
+    assert set(seen.values()) <= {1}  # never twice
+    assert all(0 <= row < rows for row in seen)
+    if not even:
+        assert len(seen) == rows  # every row
+    else:
         assert rows - len(seen) < sum(world_sizes)
 
 
@@ -250,8 +340,11 @@ def test_bad_dataloader_arguments_are_refused_by_name() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         anyloader.DataLoader(batched, batch_size=4)
     assert anyloader.DataLoader(batched).batch_size is None  # passed for the user
-    with pytest.raises(ValueError, match="drop_last"):
-        anyloader.DataLoader(dataset(10, 0, 1, None), batch_size=4, drop_last=True)
+    with pytest.raises(ValueError, match=r"AsyncDataset\(\.\.\., shuffle=True"):
+        anyloader.DataLoader(dataset(10, 0, 1, None), shuffle=True)
+    sampler = torch.utils.data.distributed.DistributedSampler(range(10), num_replicas=2, rank=0)
+    with pytest.raises(ValueError, match=r"DistributedSampler.*shards itself"):
+        anyloader.DataLoader(dataset(10, 0, 1, None), sampler=sampler)
     with pytest.raises(ValueError, match="in_order"):
         anyloader.DataLoader(dataset(10, 0, 1, None), in_order=False)
     with pytest.raises(TypeError, match="AsyncDataset"):

@@ -177,7 +177,9 @@ async def test_timeouts_are_counted() -> None:
         assert len([s async for s in samples]) == 16
     stats = samples.stats()
     assert faulty.stats.hangs > 0
-    assert stats.timeouts == stats.faults == stats.retries == faulty.stats.hangs
+    # Every hang times out and is retried; on a loaded machine an attempt that
+    # did not hang may take longer than 0.25 s too, and is counted the same way.
+    assert stats.timeouts == stats.faults == stats.retries >= faulty.stats.hangs
 
 
 class SignalSource(_OverRows):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import IterableDataset, get_worker_info
@@ -11,21 +14,38 @@ from ._epochs import SharedSchedule
 from ._iterator import EpochIterator
 from ._loop_thread import load_backend
 from ._options import Options, check_backend, non_negative_int
-from ._plan import plan_groups, rank_length
+from ._order import Sequential
+from ._plan import Rest, Shard, plan_groups, shard_plan, skipped_rows, truncated
 from ._rank import Ranks, check_rank, current_shard
 from ._state import Dataset, IterationState
 from ._stats_channel import SharedStats
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from types import FrameType
     from typing import Unpack  # annotations only: never imported at run time
 
     from ._options import LoaderOptions
-    from ._plan import Rest
     from ._state import Progress
     from ._stats import EpochStats
 
-__all__ = ["AsyncDataset"]
+__all__ = ["AsyncDataset", "LoaderTerms"]
+
+
+@dataclass(frozen=True)
+class LoaderTerms:
+    """What an ``anyloader.DataLoader`` asks of the iterations it starts.
+
+    Set on the dataset while the loader starts an iteration, so its worker
+    processes (forked or pickled then) and an iteration in the main process
+    take them; plain iteration uses the defaults.
+    """
+
+    #: Yield :class:`~anyloader._iterator.Tagged` items, so the loader knows which
+    #: rows each worker delivered (its checkpoint with ``ordered=False``).
+    tag: bool = False
+    #: ``drop_last``: each worker reads whole steps of this many rows, no short last one.
+    step_rows: int | None = None
 
 
 class AsyncDataset(IterableDataset[Any]):
@@ -91,6 +111,7 @@ class AsyncDataset(IterableDataset[Any]):
         # DataLoader iterations apart (see anyloader._epochs).
         self._iterations = 0
         self._stats = SharedStats()
+        self._terms = LoaderTerms()
 
     @property
     def epoch(self) -> int:
@@ -116,11 +137,24 @@ class AsyncDataset(IterableDataset[Any]):
 
     @property
     def skipped_rows(self) -> int:
-        """Rows each epoch skips over all ranks: ``num_rows % world_size`` with ``even``, else 0."""
+        """Rows the next epoch skips over all ranks with ``even=True`` (else 0).
+
+        ``num_rows % world_size``; after an elastic resume (a loaded
+        ``anyloader.DataLoader`` state) also what each earlier layout skipped
+        of the part of the epoch it was dealt.
+        """
         if not self.config.options.even:
             return 0
         _, world_size = self._ranks.resolve()
-        return len(self.config.source) % world_size
+        rest = self._pending_rest()
+        return skipped_rows(len(self.config.source), rest, world_size, even=True)
+
+    def _pending_rest(self) -> Rest:
+        """What the next iteration reads of its epoch: all of it, or a loaded rest."""
+        resume = self._state.resume
+        if resume is None or resume.progress.epoch != self.epoch:
+            return Rest()
+        return resume.rest
 
     def stats(self) -> EpochStats:
         """The latest epoch's :class:`~anyloader.EpochStats` (see docs/stats.md).
@@ -182,9 +216,26 @@ class AsyncDataset(IterableDataset[Any]):
         self._state = self._state.forget_resume()
 
     def __len__(self) -> int:
-        """Rows this rank yields per epoch, all its DataLoader workers together."""
+        """Rows this rank yields in its next iteration, all its DataLoader workers together.
+
+        A whole epoch's share, or after a loaded state what is left of it:
+        what ``len(anyloader.DataLoader)`` counts in batches.
+        """
         rank, world_size = self._ranks.resolve()
-        return rank_length(len(self.config.source), rank, world_size, even=self.config.options.even)
+        rest, resume = self._pending_rest(), self._state.resume
+        workers = 1 if rest.taken is None else rest.taken.num_workers
+        order = Sequential(len(self.config.source))
+        rows = sum(
+            shard_plan(
+                order, Shard(rank, world_size, k, workers), rest, even=self.config.options.even
+            ).length
+            for k in range(workers)
+        )
+        # A loaded state of this process's shard: what it delivered is not read again.
+        mine = Shard(rank=rank, world_size=world_size)
+        if resume is not None and resume.progress.epoch == self.epoch and resume.shard == mine:
+            rows -= resume.progress.delivered
+        return rows
 
     def __getstate__(self) -> dict[str, Any]:
         # A spawn-started DataLoader worker has no process group: tell it this
@@ -196,6 +247,8 @@ class AsyncDataset(IterableDataset[Any]):
     def __iter__(self) -> EpochIterator:
         shard = current_shard(self._ranks)
         info = get_worker_info()
+        if info is None or info.id == 0:
+            self._warn_about_the_loader(shard)
         token = None if info is None else (info.seed - info.id, self._iterations)
         self._iterations += 1
         resume = self._state.resume
@@ -204,7 +257,7 @@ class AsyncDataset(IterableDataset[Any]):
             num_workers=shard.num_workers,
             resume_epoch=None if resume is None else resume.progress.epoch,
         )
-        o = self.config.options
+        o, terms = self.config.options, self._terms
         self._state, progress, plan = self._state.start(shard, epoch)
         assert self._state.latest is not None
         latest = self._state.latest.number
@@ -213,6 +266,9 @@ class AsyncDataset(IterableDataset[Any]):
             self._state = self._state.deliver(latest, progress)
 
         remaining = progress.remaining()
+        if terms.step_rows is not None:
+            whole = plan.first + plan.length
+            remaining = truncated(remaining, whole - whole % terms.step_rows - plan.first)
         return EpochIterator(
             self.backend,
             self.config,
@@ -223,4 +279,45 @@ class AsyncDataset(IterableDataset[Any]):
             shared=info is not None,
             seed=hash((o.seed, epoch, shard)),
             stats=self._stats.start(number),
+            tag=shard.worker_id if terms.tag else None,
         )
+
+    def _warn_about_the_loader(self, shard: Shard) -> None:
+        """Warn at iteration start of a loader that would reshape or reorder the epoch silently."""
+        if self.config.options.batch_size is not None and _batched_by_torch():
+            warnings.warn(
+                f"this AsyncDataset yields whole batches (batch_size="
+                f"{self.config.options.batch_size}), and the DataLoader batches them again: "
+                "each batch gets an extra leading dimension. Pass batch_size=None to the "
+                "DataLoader, or use anyloader.DataLoader, which does.",
+                UserWarning,
+                stacklevel=3,
+            )
+        ordering = getattr(self.config.source, "query_order", None)
+        if shard.num_workers > 1 and not self.config.options.shuffle and ordering:
+            warnings.warn(
+                f"the view orders its rows ({ordering}), but {shard.num_workers} DataLoader "
+                "workers each read every "
+                f"{shard.num_workers}th row and the DataLoader interleaves their batches: the "
+                "order is not the view's. Use num_workers=0 (batch mode keeps it fast) if the "
+                "order matters.",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+def _batched_by_torch() -> bool:
+    """Whether torch's fetcher, iterating this dataset, batches what it yields (batch_size set)."""
+    from torch.utils.data._utils.fetch import _IterableDatasetFetcher
+
+    # torch's fetcher calls iter(dataset) in its __init__, after it set auto_collation;
+    # a frame or two up (AsyncDataset.__iter__ is the first). Not found: no warning.
+    frame: FrameType | None = sys._getframe(2)
+    for _ in range(3):
+        if frame is None:
+            return False
+        caller = frame.f_locals.get("self")
+        if isinstance(caller, _IterableDatasetFetcher):
+            return bool(caller.auto_collation)
+        frame = frame.f_back
+    return False

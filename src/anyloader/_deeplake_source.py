@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,6 +42,15 @@ def _has_schema(obj: object) -> bool:
 def _reads_by_row(obj: object) -> bool:
     """A schema-less view: its rows (by iteration) read their own cells with ``get_async``."""
     return hasattr(obj, "__iter__") and callable(getattr(obj, "get_async", None))
+
+
+def _uncommitted(dataset: Any) -> bool:
+    """Whether a writable deeplake dataset holds changes not yet committed."""
+    history = getattr(dataset, "history", None)
+    if history is None or not hasattr(dataset, "commit"):
+        return False  # read-only datasets and views: nothing uncommitted
+    # deeplake 4.7 lists uncommitted changes as the history's last entry.
+    return "UNCOMMITTED CHANGES" in str(history)
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
@@ -131,17 +141,65 @@ class DeeplakeSource:
     def __len__(self) -> int:
         return len(self._ds)
 
-    def __getstate__(self) -> dict[str, Any]:
-        """Raises ``TypeError`` for a view deeplake cannot pickle, naming it and the ways out."""
+    def _handle(self) -> dict[str, Any] | None:
+        """deeplake's own pickled handle, parsed: the store's URL and the view's query."""
+        getstate = getattr(self._ds, "__getstate__", None)
+        try:
+            parts = json.loads(getstate()[0]) if callable(getstate) else None
+        except Exception:  # not the handle deeplake 4.7 gives: nothing to learn from it
+            return None
+        if isinstance(parts, dict):
+            return parts
+        if isinstance(parts, list) and parts and isinstance(parts[0], dict):
+            return {
+                **parts[0],
+                **{k: v for p in parts[1:] if isinstance(p, dict) for k, v in p.items()},
+            }
+        return None
+
+    @property
+    def query_order(self) -> str | None:
+        """The ``ORDER BY`` clause of a query view, if it has one (its rows' order matters)."""
+        handle = self._handle() or {}
+        query = str(handle.get("query_string", ""))
+        at = query.upper().find("ORDER BY")
+        return None if at < 0 else query[at:].strip()
+
+    def unpicklable_reason(self) -> str | None:
+        """Why a copy of this source made by pickling (a spawned worker) would not read it.
+
+        A schema-less view does not pickle; a ``mem://`` dataset arrives empty in
+        another process; a dataset with uncommitted changes arrives as its last commit.
+        """
         if self._rows is not None:
             # deeplake's own error ("cannot pickle 'RowRangeView'") would surface
             # from deep inside DataLoader without saying what to do instead.
-            raise TypeError(
+            return (
                 f"a deeplake {type(self._ds).__name__} (a row-range or index-list view such as "
                 "ds[10:60] or ds[[3, 1]]) cannot be pickled, so it cannot reach spawn or "
                 "forkserver DataLoader workers; use fork workers or num_workers=0, or pass a "
                 "query view, which pickles: ds.query('SELECT * LIMIT 50 OFFSET 10')"
             )
+        handle = self._handle() or {}
+        url = str((handle.get("reader") or {}).get("url", ""))
+        if url.startswith("mem://"):
+            return (
+                f"{url} is an in-memory dataset: another process gets an empty one. Write it "
+                "to a file:// path, or use fork workers or num_workers=0"
+            )
+        if _uncommitted(self._ds):
+            return (
+                "the dataset has uncommitted changes, and another process opens its last "
+                "commit (rows appended since are missing there). Call ds.commit() first, or "
+                "use fork workers or num_workers=0"
+            )
+        return None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Raises ``TypeError`` when the copy could not read it (:meth:`unpicklable_reason`)."""
+        problem = self.unpicklable_reason()
+        if problem is not None:
+            raise TypeError(problem)
         # Column handles are process-local; workers rebuild them on first use.
         return {
             "_ds": self._ds,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._batch_memory import BatchMemory
 from ._exit import close_at_exit
@@ -19,7 +19,20 @@ if TYPE_CHECKING:
     from ._config import LoaderConfig
     from ._state import Progress
 
-__all__ = ["EpochIterator"]
+__all__ = ["EpochIterator", "Tagged"]
+
+
+class Tagged(NamedTuple):
+    """An item with the shard positions of its rows and the DataLoader worker that read them.
+
+    What an ``anyloader.DataLoader`` with ``ordered=False`` receives, to know
+    exactly which rows each worker delivered (a pin-memory thread passes a
+    named tuple through, pinning its fields).
+    """
+
+    value: Any
+    positions: list[int]
+    worker: int
 
 
 class EpochIterator:
@@ -29,6 +42,9 @@ class EpochIterator:
     to ``report``, so a checkpoint taken between two items is exact. ``stats``
     records the epoch (the engine's counters, and here the time ``next``
     waited for the engine); it is finished when the epoch ends, however it ends.
+
+    With ``tag`` (an ``anyloader.DataLoader`` with ``ordered=False``) each item
+    is a :class:`Tagged`.
 
     Guarantee: ``StopIteration`` only after every planned row was yielded.
     Leaving early (``close``, ``break``, an exception, garbage collection,
@@ -53,8 +69,10 @@ class EpochIterator:
         shared: bool,
         seed: int,
         stats: EpochRecorder | None = None,
+        tag: int | None = None,
     ) -> None:
         self._pid = os.getpid()
+        self._tag = tag  # the worker id to tag items with (see Tagged); None: plain items
         self._done = True  # until the loop thread exists: __del__ has nothing to close
         self._memory = memory = BatchMemory(shared=shared)
         slabs = batch_slabs(config.options, planned, memory)
@@ -100,9 +118,10 @@ class EpochIterator:
             self.close()
             raise StopIteration
         value, positions = taken
-        self._progress = self._progress.deliver(positions_of(positions))
+        delivered = positions_of(positions)
+        self._progress = self._progress.deliver(delivered)
         self._report(self._progress)
-        return value
+        return value if self._tag is None else Tagged(value, delivered, self._tag)
 
     def close(self) -> None:
         """Stop the epoch: cancel every fetch and end the loop thread."""

@@ -14,13 +14,16 @@ Elastic resume adds :class:`Cut`\\ s: a layout (world size, workers per rank,
 batch size) took some steps from the sequence, and what it left, in sequence
 order, is the next sequence. Which positions a layout has taken after ``t``
 lockstep steps is arithmetic too (see :class:`Cut`), so a resumed plan is a
-chain of constant-size maps, however large the epoch.
+chain of constant-size maps, however large the epoch. With ``ordered=False`` a
+worker's rows arrive as their fetches complete, not in plan order: its cut
+also lists the few positions where that differs from the arithmetic (bounded
+by the row budget), and the map stays exact.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,7 +31,7 @@ import numpy as np
 from ._order import Order, Sequential, epoch_order
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     from numpy.typing import NDArray
 
@@ -37,10 +40,13 @@ __all__ = [
     "Rest",
     "Shard",
     "ShardPlan",
+    "out_of_order",
     "plan_epoch",
     "plan_groups",
     "rank_length",
     "shard_rows",
+    "skipped_rows",
+    "truncated",
     "usable_rows",
 ]
 
@@ -104,12 +110,20 @@ class Cut:
     of worker ``s % num_workers``. After ``steps`` steps, worker ``k`` has
     delivered its first ``batch_size * c_k`` rows, where ``c_k`` counts the
     steps below ``steps`` that are ``k`` modulo ``num_workers``.
+
+    ``holes`` and ``extras`` correct that for rows delivered out of plan
+    order (``ordered=False``): positions of the cut sequence that the
+    arithmetic counts as delivered but were not, and positions it counts as
+    left that were delivered. Each worker delivered as many rows as the
+    arithmetic says, so there are as many of one as of the other.
     """
 
     world_size: int
     num_workers: int
     batch_size: int
     steps: int
+    holes: tuple[int, ...] = ()
+    extras: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("world_size", "num_workers", "batch_size"):
@@ -117,14 +131,51 @@ class Cut:
                 raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
         if not isinstance(self.steps, int) or self.steps < 0:
             raise ValueError(f"steps must be an int >= 0, got {self.steps!r}")
+        for name in ("holes", "extras"):
+            value = getattr(self, name)
+            if not all(isinstance(p, int) and p >= 0 for p in value):
+                raise ValueError(f"{name} must be positions (ints >= 0), got {value!r}")
+            object.__setattr__(self, name, tuple(sorted(set(value))))
+            if len(getattr(self, name)) != len(value):
+                raise ValueError(f"{name} lists a position twice: {value!r}")
+        if len(self.holes) != len(self.extras):
+            raise ValueError(
+                f"a cut has as many holes as extras, got {len(self.holes)} and {len(self.extras)}"
+            )
 
     def taken(self, worker: int) -> int:
         """Rows worker ``worker`` of each rank has delivered (if it had that many)."""
         q, s = divmod(self.steps, self.num_workers)
         return self.batch_size * (q + (worker < s))
 
-    def as_list(self) -> list[int]:
-        return [self.world_size, self.num_workers, self.batch_size, self.steps]
+    def position(self, rank: int, worker: int, i: int) -> int:
+        """The cut sequence's position of the ``i``-th row of ``worker`` on ``rank``."""
+        return rank + self.world_size * (worker + self.num_workers * i)
+
+    def as_list(self) -> list[Any]:
+        """``[W, K, B, steps]``, with ``holes`` and ``extras`` appended when there are any."""
+        head: list[Any] = [self.world_size, self.num_workers, self.batch_size, self.steps]
+        return [*head, list(self.holes), list(self.extras)] if self.holes else head
+
+
+def out_of_order(
+    cut: Cut, rank: int, delivered: Sequence[tuple[int, int, tuple[int, ...]]]
+) -> tuple[list[int], list[int]]:
+    """``cut``'s holes and extras on ``rank``, from what its workers really delivered.
+
+    ``delivered[k]`` is worker ``k``'s ``(shard length, mark, extra)``: it
+    delivered its shard positions below ``mark`` and those in ``extra``,
+    reading its shard of the cut sequence from the start (no ``taken``).
+    Returns positions of the cut sequence.
+    """
+    holes: list[int] = []
+    extras: list[int] = []
+    for worker, (length, mark, extra) in enumerate(delivered):
+        counted = min(cut.taken(worker), length)
+        done = set(extra)
+        holes += [cut.position(rank, worker, i) for i in range(mark, counted) if i not in done]
+        extras += [cut.position(rank, worker, i) for i in extra if i >= counted]
+    return holes, extras
 
 
 @dataclass(frozen=True)
@@ -158,17 +209,25 @@ class Rest:
         try:
             if not isinstance(saved, Mapping):
                 raise TypeError("not a mapping")
-            cuts = tuple(Cut(*cut) for cut in saved["cuts"])
+            cuts = tuple(_cut(cut) for cut in saved["cuts"])
             taken = saved["taken"]
-            return cls(cuts, None if taken is None else Cut(*taken))
+            return cls(cuts, None if taken is None else _cut(taken))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(
-                f"rest must be {{'cuts': [[world_size, num_workers, batch_size, steps], ...], "
-                f"'taken': [...] or None}}, got {saved!r} ({exc})"
+                f"rest must be {{'cuts': [[world_size, num_workers, batch_size, steps"
+                f"(, holes, extras)], ...], 'taken': [...] or None}}, got {saved!r} ({exc})"
             ) from None
 
 
-@dataclass(frozen=True)
+def _cut(saved: Sequence[Any]) -> Cut:
+    """A :class:`Cut` from its :meth:`Cut.as_list`."""
+    if isinstance(saved, (str, bytes)) or len(saved) not in (4, 6):
+        raise ValueError(f"a cut is [W, K, B, steps] or [W, K, B, steps, holes, extras]: {saved!r}")
+    head, tail = saved[:4], saved[4:]
+    return Cut(*head, *(tuple(part) for part in tail))
+
+
+@dataclass(frozen=True, eq=False)
 class _Remainder:
     """Maps the positions a cut left (in order) to positions of the sequence it cut.
 
@@ -176,7 +235,9 @@ class _Remainder:
     ``r + W * (k + K * i)``; with ``t = q * K + s`` steps taken, positions
     below ``P1 = W*K*B*q`` are all delivered, those at or above
     ``P2 = P1 + W*K*B`` all remain, and between them a position remains when
-    its offset in its period of ``W*K`` is at least ``W * s``.
+    its offset in its period of ``W*K`` is at least ``W * s``. A cut's
+    ``extras`` are then taken out of what remains, and its ``holes`` put back
+    in, in sequence order (a search in a few sorted arrays per slab).
     """
 
     period: int
@@ -184,6 +245,10 @@ class _Remainder:
     p1: int
     p2: int
     count2: int
+    usable: int
+    base: int  # what the arithmetic leaves, before holes and extras
+    holes: NDArray[np.int64]
+    extras: NDArray[np.int64]
     length: int
 
     @classmethod
@@ -199,12 +264,54 @@ class _Remainder:
         if end2 > p1:
             full, part = divmod(end2 - p1, period)
             count2 = full * (period - skip) + max(0, part - skip)
-        return cls(period, skip, p1, p2, count2, count2 + max(0, usable - p2))
+        base = count2 + max(0, usable - p2)
+        holes = np.asarray(cut.holes, dtype=np.int64)
+        extras = np.asarray(cut.extras, dtype=np.int64)
+        remainder = cls(period, skip, p1, p2, count2, usable, base, holes, extras, base)
+        remainder._check(cut)
+        return replace(remainder, length=base - len(extras) + len(holes))
 
-    def parent(self, j: NDArray[np.int64]) -> NDArray[np.int64]:
+    def _check(self, cut: Cut) -> None:
+        """Refuse corrections that do not fit the arithmetic (a state from elsewhere)."""
+        inside = self._below(self.extras + 1) - self._below(self.extras)
+        if len(self.extras) and not inside.all():
+            raise ValueError(f"extras {list(cut.extras)} are not rows this cut left")
+        inside = self._below(self.holes + 1) - self._below(self.holes)
+        if len(self.holes) and (inside.any() or (self.holes >= self.usable).any()):
+            raise ValueError(f"holes {list(cut.holes)} are not rows this cut took")
+
+    def _below(self, p: NDArray[np.int64]) -> NDArray[np.int64]:
+        """How many positions the arithmetic leaves below each position ``p``."""
+        q = np.clip(p, self.p1, max(self.p1, min(self.p2, self.usable))) - self.p1
+        full, part = np.divmod(q, self.period)
+        middle = full * (self.period - self.skip) + np.maximum(0, part - self.skip)
+        tail = np.maximum(0, np.minimum(p, self.usable) - self.p2)
+        below: NDArray[np.int64] = middle + tail
+        return below
+
+    def _base_parent(self, j: NDArray[np.int64]) -> NDArray[np.int64]:
         per = self.period - self.skip
         in_part = self.p1 + (j // per) * self.period + self.skip + j % per
         return np.where(j < self.count2, in_part, self.p2 + (j - self.count2))
+
+    def parent(self, j: NDArray[np.int64]) -> NDArray[np.int64]:
+        if not len(self.holes):
+            return self._base_parent(j)
+        # Where each hole lands among what remains, and which base positions the
+        # extras take out (as their index in the base, minus those before them).
+        extra_index = self._below(self.extras)
+        gaps = extra_index - np.arange(len(extra_index))
+        hole_at = (
+            self._below(self.holes)
+            - np.searchsorted(self.extras, self.holes)
+            + np.arange(len(self.holes))
+        )
+        before = np.searchsorted(hole_at, j, side="right")  # holes at or before j
+        last = np.maximum(before - 1, 0)
+        is_hole = (before > 0) & (hole_at[last] == j)
+        i = j - before
+        base = self._base_parent(i + np.searchsorted(gaps, i, side="right"))
+        return np.where(is_hole, self.holes[last], base)
 
 
 @dataclass(frozen=True)
@@ -283,20 +390,44 @@ def shard_plan(order: Order, shard: Shard, rest: Rest = Rest(), *, even: bool = 
 
 
 def rank_steps(
-    order_size: int, rest: Rest, world_size: int, num_workers: int, batch_size: int, *, even: bool
+    order_size: int,
+    rest: Rest,
+    world_size: int,
+    num_workers: int,
+    batch_size: int,
+    *,
+    even: bool,
+    drop_last: bool = False,
 ) -> list[int]:
-    """Batches each rank yields over what ``rest`` leaves, in the given layout."""
+    """Batches each rank yields over what ``rest`` leaves, in the given layout.
+
+    With ``drop_last`` each worker yields whole batches only.
+    """
     order = Sequential(order_size)
-    return [
-        sum(
-            -(
-                -shard_plan(order, Shard(r, world_size, k, num_workers), rest, even=even).length
-                // batch_size
-            )
+    steps = []
+    for r in range(world_size):
+        lengths = [
+            shard_plan(order, Shard(r, world_size, k, num_workers), rest, even=even).length
             for k in range(num_workers)
-        )
-        for r in range(world_size)
-    ]
+        ]
+        if drop_last:
+            steps.append(sum(n // batch_size for n in lengths))
+        else:
+            steps.append(sum(-(-n // batch_size) for n in lengths))
+    return steps
+
+
+def skipped_rows(num_rows: int, rest: Rest, world_size: int, *, even: bool) -> int:
+    """Rows of an epoch that ``even`` skips over all ranks when ``world_size`` ranks read ``rest``.
+
+    Each layout that read part of the epoch skipped the tail of what it was
+    dealt (fewer than its world size), and so does this one.
+    """
+    length, skipped = num_rows, 0
+    for cut in rest.cuts:
+        skipped += length - usable_rows(length, cut.world_size, even=even)
+        length = _Remainder.of(cut, length, even).length
+    return skipped + length - usable_rows(length, world_size, even=even)
 
 
 def plan_groups(
@@ -334,6 +465,14 @@ class Positions:
     def __iter__(self) -> Iterator[int]:
         for slab in _slabs(self, _SLAB):
             yield from slab.tolist()
+
+
+def truncated(positions: range | Positions, stop: int) -> range | Positions:
+    """``positions`` below ``stop`` only."""
+    if isinstance(positions, range):
+        return range(positions.start, max(positions.start, min(positions.stop, stop)))
+    kept = tuple(p for p in positions.extra if p < stop)
+    return Positions(positions.mark, max(positions.mark, min(positions.length, stop)), kept)
 
 
 def _slabs(positions: range | Positions, size: int) -> Iterator[NDArray[np.int64]]:

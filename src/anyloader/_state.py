@@ -76,7 +76,8 @@ class Dataset:
         if not isinstance(saved, Mapping):
             raise StateError(f"the state's dataset must be a mapping, got {saved!r}")
         theirs, mine = _used(saved), _used(vars(self))
-        for name in vars(self):
+        # Whether the order shuffles decides what else matters: name it first.
+        for name in sorted(vars(self), key=lambda n: n != "shuffle"):
             if theirs.get(name) != mine[name]:
                 raise StateError(
                     f"the checkpoint was saved with {name}={saved.get(name)!r}, this dataset has "
