@@ -5,11 +5,14 @@ from __future__ import annotations
 import gc
 import json
 import multiprocessing
+import os
+import pickle
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -359,3 +362,203 @@ async def test_suspect_no_decode_outlives_the_attempt_it_served() -> None:
             tg.cancel_scope.cancel()  # the attempt times out
         # The attempt has ended: its decode must have ended too.
         assert slot[0] == 1
+
+
+# Smaller defects a new user found.
+
+
+def ranks_of(rows: int, world_size: int, workers: int, batch: int, **kw: Any):
+    """One anyloader.DataLoader per rank (explicit ranks), as DDP would have them."""
+    fork = {"multiprocessing_context": "fork"} if workers else {}
+    drop_last = kw.pop("drop_last", False)
+    return [
+        anyloader.DataLoader(
+            AsyncDataset(xs(rows), rank=r, world_size=world_size, shuffle=True, seed=1, **kw),
+            batch_size=batch,
+            num_workers=workers,
+            drop_last=drop_last,
+            **fork,
+        )
+        for r in range(world_size)
+    ]
+
+
+def take(loader: anyloader.DataLoader, steps: int | None) -> list[list[int]]:
+    """The next iteration's batches (the first ``steps``; None: all), as lists of rows."""
+    batches = []
+    for batch in loader:
+        batches.append(loader_rows([batch]))
+        if len(batches) == steps:
+            break
+    return batches
+
+
+@pytest.mark.parametrize("batch_mode", [False, True])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_drop_last_yields_whole_batches_and_skips_the_rest_once(
+    batch_mode: bool, workers: int
+) -> None:
+    def loader(workers: int, batch: int) -> anyloader.DataLoader:
+        ds = AsyncDataset(xs(43), shuffle=True, batch_size=batch if batch_mode else None)
+        fork = {"multiprocessing_context": "fork"} if workers else {}
+        size = {} if batch_mode else {"batch_size": batch}
+        return anyloader.DataLoader(ds, num_workers=workers, drop_last=True, **size, **fork)
+
+    whole = loader(workers, 4)
+    expected, skipped = len(whole), whole.skipped_rows
+    batches = take(whole, None)
+    assert all(len(b) == 4 for b in batches)
+    assert len(batches) == expected
+    rows = Counter(r for b in batches for r in b)
+    assert max(rows.values()) == 1
+    assert len(rows) + skipped == 43
+    assert skipped == (43 % 4 if workers == 0 else (22 % 4) + (21 % 4))
+
+    # Stopped midway and resumed elsewhere: still whole batches, at most once.
+    first = loader(workers, 4)
+    head = take(first, 3)
+    state = first.state_dict()
+    second = loader(2 - workers, 5)
+    second.load_state_dict(state)
+    skipped = second.skipped_rows  # of the iteration about to start
+    tail = take(second, None)
+    assert all(len(b) == 5 for b in tail)
+    rows = Counter(r for b in head + tail for r in b)
+    assert max(rows.values()) == 1
+    assert len(rows) + skipped == 43
+
+
+def test_skipped_rows_counts_what_an_elastic_resume_skips() -> None:
+    seen: Counter[int] = Counter()
+    first = ranks_of(41, 2, 0, 4, even=True)
+    for loader in first:
+        seen.update(r for b in take(loader, 1) for r in b)
+    state = first[0].state_dict()
+    second = ranks_of(41, 3, 0, 4, even=True)
+    for loader in second:
+        loader.load_state_dict(state)
+    # 41 rows on 2 ranks skip 1 (40 usable, 8 taken); the 32 left on 3 ranks skip 2 more.
+    assert {ds.skipped_rows for ds in (loader.dataset for loader in second)} == {3}
+    assert {loader.skipped_rows for loader in second} == {3}
+    for loader in second:
+        seen.update(r for b in take(loader, None) for r in b)
+    assert max(seen.values()) == 1
+    assert len(seen) == 41 - 3
+
+
+def test_len_of_a_resumed_dataset_is_what_it_yields() -> None:
+    loader = anyloader.DataLoader(AsyncDataset(xs(), shuffle=True), batch_size=4)
+    take(loader, 3)
+    state = loader.state_dict()
+    resumed = anyloader.DataLoader(AsyncDataset(xs(), shuffle=True), batch_size=3, num_workers=0)
+    resumed.load_state_dict(state)
+    assert len(resumed.dataset) == 28  # the 40 rows less the 12 delivered
+    assert len(resumed) == 10
+    assert sum(len(b) for b in take(resumed, None)) == 28
+    # A dataset's own state, too.
+    ds = AsyncDataset(xs(), shuffle=True)
+    it = iter(ds)
+    for _ in range(7):
+        next(it)
+    fresh = AsyncDataset(xs(), shuffle=True)
+    fresh.load_state_dict(ds.state_dict())
+    it.close()
+    assert len(fresh) == len(list(fresh)) == 33
+    assert len(fresh) == 40  # the epoch after is whole
+
+
+def test_a_batch_mode_dataset_batched_again_by_torch_warns() -> None:
+    ds = AsyncDataset(xs(), batch_size=8)
+    with pytest.warns(UserWarning, match="batch_size=None"):
+        batches = list(torch.utils.data.DataLoader(ds))  # torch's default batch_size=1
+    assert batches[0]["x"].shape == (1, 8)  # the extra dimension the warning names
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        shapes = {b["x"].shape for b in torch.utils.data.DataLoader(ds, batch_size=None)}
+    assert shapes == {(8,)}
+
+
+@pytest.fixture(scope="module")
+def ordered_view_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    import deeplake
+
+    url = f"file://{tmp_path_factory.mktemp('ordered') / 'ds'}"
+    ds = deeplake.create(url)
+    ds.add_column("x", deeplake.types.Int64())
+    ds.append({"x": list(range(20))})
+    ds.commit()
+    return url
+
+
+def test_an_ordered_view_over_workers_warns_that_its_order_is_lost(ordered_view_url: str) -> None:
+    import deeplake
+
+    view = deeplake.open_read_only(ordered_view_url).query("SELECT * ORDER BY x DESC")
+
+    def loader() -> torch.utils.data.DataLoader[Any]:
+        return torch.utils.data.DataLoader(
+            AsyncDataset(view), batch_size=4, num_workers=2, multiprocessing_context="fork"
+        )
+
+    # Fork workers inherit this test's warning filter ("error"): the warning a worker
+    # issues comes back as the worker's error.
+    with pytest.raises(UserWarning, match=r"orders its rows \(ORDER BY x DESC\)"):
+        loader_rows(loader())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = loader_rows(loader())
+    assert sorted(got) == list(range(20))
+    assert got != sorted(got, reverse=True)  # the order the warning is about
+    # In one process the view's order is kept, and nothing is said.
+    in_process = torch.utils.data.DataLoader(AsyncDataset(view), batch_size=4)
+    assert loader_rows(in_process) == list(range(19, -1, -1))
+
+
+def test_spawn_workers_of_a_dataset_they_cannot_read_are_refused_at_once(
+    tmp_path: Path,
+) -> None:
+    import deeplake
+
+    memory = deeplake.create("mem://anyloader-test")
+    memory.add_column("x", deeplake.types.Int64())
+    memory.append({"x": [1, 2, 3]})
+    memory.commit()
+    with pytest.raises(ValueError, match="file://"):
+        anyloader.DataLoader(AsyncDataset(memory), num_workers=2, multiprocessing_context="spawn")
+    with pytest.raises(TypeError, match="mem://"):
+        pickle.dumps(AsyncDataset(memory))
+    assert loader_rows(anyloader.DataLoader(AsyncDataset(memory), num_workers=0)) == [1, 2, 3]
+
+    written = deeplake.create(f"file://{tmp_path / 'ds'}")
+    written.add_column("x", deeplake.types.Int64())
+    written.append({"x": [1, 2, 3]})
+    written.commit()
+    written.append({"x": [4]})  # not committed: a spawned worker would not see it
+    with pytest.raises(ValueError, match=r"commit\(\)"):
+        anyloader.DataLoader(AsyncDataset(written), num_workers=2, multiprocessing_context="spawn")
+    written.commit()
+    loader = anyloader.DataLoader(
+        AsyncDataset(written), num_workers=2, multiprocessing_context="spawn"
+    )
+    assert sorted(loader_rows(loader)) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["profile", "file:///nonexistent/anyloader-dataset", "--no-progress"],
+        ["profile", "--concurrency", "0", "--rows", "8", "--no-progress"],
+        ["demo", "--batch-size", "-1", "--rows", "8", "--no-progress"],
+    ],
+)
+def test_the_command_line_reports_a_bad_argument_in_one_line(
+    argv: list[str], tmp_path: Path
+) -> None:
+    env = {**os.environ, "ANYLOADER_CACHE": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "anyloader", *argv], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("anyloader: error: ")

@@ -98,9 +98,45 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> None:
+    """Refuse bad arguments before anything runs, as the loader itself would.
+
+    Raises:
+        TypeError, ValueError: naming the argument (or the URL that does not open).
+    """
+    from ._options import Options, non_negative_int, positive_int
+
+    non_negative_int("--workers", args.workers)
+    positive_int("--batch-size", args.batch_size)
+    if args.url is None:
+        non_negative_int("--rows", args.rows)
+        if args.size < 64:
+            raise ValueError(
+                f"--size must be >= 64 (the row id strip is 64 px wide), got {args.size}"
+            )
+    if args.command == "profile":
+        Options.validate(concurrency=args.concurrency, fetch_size=args.fetch_size)
+        if args.step_ms < 0:
+            raise ValueError(f"--step-ms must be >= 0, got {args.step_ms}")
+    if args.url is not None:
+        from ._deeplake_source import DeeplakeSource
+
+        DeeplakeSource(args.url)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return the exit status (1 if the exactly-once check fails)."""
+    """Run the command line; return the exit status.
+
+    1 if the exactly-once check fails; 2, with one line on stderr, for a bad
+    argument or a dataset that does not open (as argparse does for its own).
+    """
     args = _parser().parse_args(argv)
+    try:
+        _check(args)
+    except (TypeError, ValueError) as exc:
+        message = " ".join(str(exc).split())
+        print(f"anyloader: error: {message}", file=sys.stderr)
+        return 2
     if args.command == "profile":
         return _profile(args)
     from ._advice import breakdown

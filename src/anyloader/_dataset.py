@@ -296,11 +296,10 @@ class AsyncDataset(IterableDataset[Any]):
         ordering = getattr(self.config.source, "query_order", None)
         if shard.num_workers > 1 and not self.config.options.shuffle and ordering:
             warnings.warn(
-                f"the view orders its rows ({ordering}), but {shard.num_workers} DataLoader "
-                "workers each read every "
-                f"{shard.num_workers}th row and the DataLoader interleaves their batches: the "
-                "order is not the view's. Use num_workers=0 (batch mode keeps it fast) if the "
-                "order matters.",
+                f"the view orders its rows ({ordering}), but each of {shard.num_workers} "
+                f"DataLoader workers reads one row in {shard.num_workers} and the DataLoader "
+                "interleaves their batches: the order is not the view's. Use num_workers=0 "
+                "(batch mode keeps it fast) if the order matters.",
                 UserWarning,
                 stacklevel=3,
             )

@@ -474,8 +474,10 @@ class DataLoader(torch.utils.data.DataLoader[Any]):
                     "dataset's epoch."
                 )
         self._loaded = position
-        # Until an iteration starts, the dataset reports the loaded epoch.
-        dataset._resume_rest(position.epoch, Rest(position.cuts))
+        # Until an iteration starts, the dataset reports the loaded epoch, and its
+        # len() and skipped_rows what this loader's next iteration reads of it.
+        rest, _ = position.rest_for(self._layout(), ordered=not self._tagged)
+        dataset._resume_rest(position.epoch, rest)
         if self._iterator is not None:  # persistent workers hold the old plan
             self._iterator._shutdown_workers()  # type: ignore[attr-defined]
             self._iterator = None
