@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import io
 import json
 import multiprocessing
 import os
@@ -562,3 +563,43 @@ def test_the_command_line_reports_a_bad_argument_in_one_line(
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("anyloader: error: ")
+
+
+# 5. image_size= returned a full-size row on fallback: a JPEG libjpeg decodes with only a
+#    warning (or one only deeplake decodes) came back at full size among reduced rows.
+
+
+def _jpeg(array: np.ndarray, *, mode: str = "RGB") -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).convert(mode).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def scraped_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """48 x 64 JPEGs: clean, one with a stray byte before its end marker, one CMYK."""
+    import deeplake
+
+    rng = np.random.default_rng(5)
+    clean = [_jpeg(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for _ in range(6)]
+    stray = clean[1][:-2] + b"\x00" + clean[1][-2:]  # "1 extraneous bytes before marker 0xd9"
+    cmyk = _jpeg(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), mode="CMYK")
+    url = f"file://{tmp_path_factory.mktemp('scraped') / 'ds'}"
+    ds = deeplake.create(url)
+    ds.add_column("img", deeplake.types.Image(deeplake.types.UInt8(), sample_compression="jpeg"))
+    for blob in [clean[0], stray, *clean[2:], cmyk]:
+        ds.append({"img": [blob]})
+    ds.commit()
+    return url
+
+
+def test_5_every_row_has_the_reduced_size(scraped_url: str, backend: str) -> None:
+    samples = list(AsyncDataset(scraped_url, backend=backend, image_size=(20, 30)))
+    # 48 x 64 reduced by 2 covers (20, 30); the CMYK row has deeplake's 4 channels.
+    assert [s["img"].shape[:2] for s in samples] == [(24, 32)] * 7
+    batches = iter(AsyncDataset(scraped_url, backend=backend, image_size=(20, 30), batch_size=6))
+    first = next(batches)  # rows 0-5: a tensor, the stray-byte row in it
+    batches.close()
+    assert tuple(first["img"].shape) == (6, 24, 32, 3)

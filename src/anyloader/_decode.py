@@ -71,9 +71,11 @@ __all__ = [
     "check_size",
     "dct_reduction",
     "decode_column_bytes",
+    "decode_reduced_leniently",
     "default_decode_threads",
     "jpeg_columns",
     "jpeg_decoder",
+    "reduced_shape",
     "usable_cpus",
 ]
 
@@ -399,6 +401,42 @@ def decode_column_bytes(
             arrays.append(None)
             fallback.append(Fallback(index, str(exc)))
     return DecodedColumn(arrays, tuple(fallback))
+
+
+def decode_reduced_leniently(data: bytes, target_size: tuple[int, int]) -> Array | None:
+    """Decode ``data`` at the reduction :func:`decode_column_bytes` uses for ``target_size``,
+    accepting what libjpeg only warns about; None if even that fails.
+
+    Reduced pixels differ from deeplake's anyway, so data that strict mode refuses
+    for a warning ("Corrupt JPEG data: 1 extraneous bytes before marker 0xd9",
+    common in scraped datasets) is decoded as libjpeg reads it, at the same size
+    as every other row. CMYK, 12-bit or unreadable data gives None.
+    """
+    try:
+        height, width, channels = _DEFAULT_DECODER.info(data)
+    except UnsupportedImage:
+        return None
+    reduce = dct_reduction(height, width, target_size)
+    shape = (math.ceil(height / reduce), math.ceil(width / reduce), channels)
+    try:
+        image = simplejpeg.decode_jpeg(
+            data,
+            colorspace="GRAY" if channels == 1 else "RGB",
+            fastdct=False,
+            fastupsample=False,
+            min_height=shape[0] if reduce > 1 else 0,
+            min_width=shape[1] if reduce > 1 else 0,
+            strict=False,
+        )
+    except ValueError:
+        return None
+    return image if image.shape == shape else None
+
+
+def reduced_shape(height: int, width: int, target_size: tuple[int, int]) -> tuple[int, int]:
+    """The size a ``height x width`` image has after the reduction for ``target_size``."""
+    reduce = dct_reduction(height, width, target_size)
+    return math.ceil(height / reduce), math.ceil(width / reduce)
 
 
 def jpeg_columns(dataset: Any) -> tuple[str, ...]:

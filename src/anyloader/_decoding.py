@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import anyio.lowlevel
 
+from ._resize import single_threaded_torch
 from ._signals import signals_blocked
 
 if TYPE_CHECKING:
@@ -85,7 +86,10 @@ class EpochDecoding:
             token: Any = anyio.lowlevel.current_token().native_token
             self._call_soon = getattr(token, "run_sync_soon", None) or token.call_soon_threadsafe
             threads = self.settings.threads or default_decode_threads()
-            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="anyloader-decode")
+            # Resizes use torch ops: no OpenMP team per decode thread (see _resize).
+            self._pool = ThreadPoolExecutor(
+                threads, thread_name_prefix="anyloader-decode", initializer=single_threaded_torch
+            )
         return self._pool
 
     async def run(self, fn: Callable[..., T], *args: Any, rows: int = 0, **kwargs: Any) -> T:

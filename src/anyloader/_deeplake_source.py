@@ -271,9 +271,13 @@ class DeeplakeSource:
                 into,
                 rows=len(rows),
             )
+            image_size = decoding.settings.image_size
             for row in fallback:  # what we cannot reproduce, deeplake decodes: per row
-                value = await wait_future(self._column(name).get_async([rows[row]]))
-                column[row] = value[0]
+                value = (await wait_future(self._column(name).get_async([rows[row]])))[0]
+                if image_size is not None and isinstance(value, np.ndarray) and value.ndim == 3:
+                    # Every row of an epoch has the reduced size, this one too.
+                    value = await decoding.run(_reduce_like_dct, value, image_size, rows=0)
+                column[row] = value
             if fallback:
                 column = _stacked_if_uniform(column)
             if in_place and slabs is not None and first is not None:
@@ -331,6 +335,20 @@ def _stacked_if_uniform(column: np.ndarray | list[Any]) -> np.ndarray | list[Any
     return column
 
 
+def _reduce_like_dct(image: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """``image`` (decoded by deeplake) resized to what the reduced decode of its JPEG gives."""
+    from ._decode import reduced_shape
+    from ._resize import resize_image
+
+    height, width = image.shape[:2]
+    size = reduced_shape(height, width, image_size)
+    if size == (height, width) or image.dtype != np.uint8:
+        return image
+    out = np.empty((*size, image.shape[2]), np.uint8)
+    resize_image(image, (0, 0, height, width), out)
+    return out
+
+
 def _decode_column(
     blobs: list[bytes],
     image_size: tuple[int, int] | None,
@@ -344,10 +362,23 @@ def _decode_column(
     shape, if any), else a list with ``None`` at the rows left for deeplake. The
     flag is true when every row went into ``into``'s array.
     """
-    from ._decode import UnsupportedImage, decode_column_bytes, jpeg_decoder
+    from ._decode import (
+        UnsupportedImage,
+        decode_column_bytes,
+        decode_reduced_leniently,
+        jpeg_decoder,
+    )
 
     if image_size is not None:
         decoded = decode_column_bytes(blobs, mode="reduced", target_size=image_size)
+        arrays, left = list(decoded.arrays), []
+        for row in decoded.fallback_rows:
+            arrays[row] = decode_reduced_leniently(blobs[row], image_size)
+            if arrays[row] is None:
+                left.append(row)
+        if not left and arrays and len({a.shape for a in arrays if a is not None}) == 1:
+            return np.stack([a for a in arrays if a is not None]), (), False
+        return arrays, tuple(left), False
     else:
         try:
             shapes = {jpeg_decoder().info(b) for b in blobs}
