@@ -46,6 +46,11 @@ class LoaderTerms:
     tag: bool = False
     #: ``drop_last``: each worker reads whole steps of this many rows, no short last one.
     step_rows: int | None = None
+    #: ``(epoch, number)`` of the iteration the loader began, for the first iteration
+    #: of a copy made now (a worker's, or this process's own iteration).
+    start: tuple[int, int] | None = None
+    #: The copy's count of iterations when it was made (see ``AsyncDataset._iterations``).
+    start_count: int = 0
 
 
 class AsyncDataset(IterableDataset[Any]):
@@ -249,15 +254,19 @@ class AsyncDataset(IterableDataset[Any]):
         info = get_worker_info()
         if info is None or info.id == 0:
             self._warn_about_the_loader(shard)
+        o, terms = self.config.options, self._terms
         token = None if info is None else (info.seed - info.id, self._iterations)
+        first_of_copy = info is None or self._iterations == terms.start_count
         self._iterations += 1
         resume = self._state.resume
-        epoch, number = self._schedule.start(
-            token=token,
-            num_workers=shard.num_workers,
-            resume_epoch=None if resume is None else resume.progress.epoch,
-        )
-        o, terms = self.config.options, self._terms
+        if terms.start is not None and first_of_copy:
+            epoch, number = terms.start  # the loader began this iteration
+        else:
+            epoch, number = self._schedule.start(
+                token=token,
+                num_workers=shard.num_workers,
+                resume_epoch=None if resume is None else resume.progress.epoch,
+            )
         self._state, progress, plan = self._state.start(shard, epoch)
         assert self._state.latest is not None
         latest = self._state.latest.number

@@ -19,6 +19,13 @@ Every iteration gets a number from the schedule, shared by all the workers of
 one DataLoader iteration and larger than any before it: that number, not the
 token (which repeats when torch is reseeded between epochs), is what the
 stats channel files an epoch's stats under.
+
+An ``anyloader.DataLoader`` does not leave the epoch to its workers: it
+begins each iteration itself (:meth:`Schedule.begin`), handing fresh workers
+the epoch and number in their copy of the dataset, and assigning them to the
+token of its persistent workers' next iteration. A late worker of an
+iteration the loop abandoned (it broke out before that worker started) then
+cannot take the epoch meant for the next one.
 """
 
 from __future__ import annotations
@@ -48,7 +55,9 @@ class Schedule:
         iterations: iterations started so far; the latest one's number.
         open_number: the number of the iteration workers are joining.
         choices: ``set_epoch`` calls so far (tells a loader whether the user
-            chose an epoch after its own choice).
+            chose an epoch since its iteration began).
+        assigned_seed, assigned_count: the token of the iteration a loader
+            assigned ``assigned_epoch`` and ``assigned_number`` to.
     """
 
     next_epoch: int = 0
@@ -61,6 +70,10 @@ class Schedule:
     iterations: int = 0
     open_number: int = 0
     choices: int = 0
+    assigned_seed: int = -1
+    assigned_count: int = -1
+    assigned_epoch: int = -1
+    assigned_number: int = 0
 
     def choose(self, epoch: int) -> Schedule:
         """``set_epoch(epoch)``: the next iteration reads ``epoch``."""
@@ -86,11 +99,35 @@ class Schedule:
         started = Schedule(next_epoch=epoch + 1, iterations=number, choices=self.choices)
         return started, epoch, number
 
+    def begin(
+        self, epoch: int, *, in_workers: bool, token: tuple[int, int] | None
+    ) -> tuple[Schedule, int]:
+        """A loader begins an iteration of ``epoch``: return the schedule and its number.
+
+        With ``token`` (its persistent workers' next iteration), workers that
+        join with that token read ``epoch`` under that number, whatever else joined.
+        """
+        number = self.iterations + 1
+        seed, count = token if token is not None else (-1, -1)
+        begun = Schedule(
+            next_epoch=epoch + 1,
+            in_workers=in_workers,
+            iterations=number,
+            choices=self.choices,
+            assigned_seed=seed,
+            assigned_count=count,
+            assigned_epoch=epoch,
+            assigned_number=number,
+        )
+        return begun, number
+
     def join(
         self, token: tuple[int, int], num_workers: int, resume_epoch: int | None
     ) -> tuple[Schedule, int, int]:
         """A DataLoader worker starts iterating: open or join its iteration; return it, its
         epoch and number."""
+        if token == (self.assigned_seed, self.assigned_count):
+            return self, self.assigned_epoch, self.assigned_number
         joining = (self.token_seed, self.token_count) == token and 0 < self.arrivals < num_workers
         if joining:
             return replace(self, arrivals=self.arrivals + 1), self.open_epoch, self.open_number
@@ -170,6 +207,14 @@ class SharedSchedule:
         self._own()
         with self._cells.get_lock():
             self._write(self._read().choose(epoch))
+
+    def begin(self, epoch: int, *, in_workers: bool, token: tuple[int, int] | None) -> int:
+        """Apply :meth:`Schedule.begin`; return the iteration's number."""
+        self._own()
+        with self._cells.get_lock():
+            value, number = self._read().begin(epoch, in_workers=in_workers, token=token)
+            self._write(value)
+        return number
 
     def start(
         self, *, token: tuple[int, int] | None, num_workers: int, resume_epoch: int | None

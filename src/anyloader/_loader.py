@@ -241,9 +241,12 @@ class DataLoader(torch.utils.data.DataLoader[Any]):
         self._drop_last = drop_last
         self._position = Position(dataset.epoch)
         self._loaded: Position | None = None
-        # The schedule's count of set_epoch calls right after this loader's own
-        # (at iteration start): a larger count means the user chose an epoch since.
+        # The schedule's count of set_epoch calls when this loader's last iteration
+        # began: a larger count means the user chose an epoch since.
         self._choice: int | None = None
+        # Persistent workers: iterations since they started, and the dataset's own
+        # count when they were made (their tokens count on from it).
+        self._resets = self._start_count = 0
         self._clock: TrainingClock | None = None
 
     @property
@@ -255,10 +258,32 @@ class DataLoader(torch.utils.data.DataLoader[Any]):
         _, world_size = self._async_dataset._ranks.resolve()
         return Layout(world_size, max(1, self.num_workers), self._rows_per_step)
 
+    def _user_chose(self) -> bool:
+        """``set_epoch`` was called since this loader's last iteration began (or ever)."""
+        schedule = self._async_dataset._schedule.value
+        return schedule.chosen and schedule.choices != self._choice
+
+    def _epoch(self) -> int:
+        """The epoch the next iteration reads.
+
+        The user's ``set_epoch`` since this loader's last iteration began; else a
+        loaded state's; else the one after this loader's last iteration (even if
+        its workers never started: the loader decides, not they); else the
+        dataset's next.
+        """
+        if self._user_chose():
+            return self._async_dataset._schedule.value.next_epoch
+        if self._loaded is not None:
+            return self._loaded.epoch
+        if self._choice is not None:  # this loader began an iteration of _position.epoch
+            ended = self._position.layout is None
+            return self._position.epoch if ended else self._position.epoch + 1
+        return self._async_dataset.epoch
+
     def _next(self) -> tuple[Position, Rest, Layout]:
         """The position the next iteration starts from, what it reads, its layout."""
-        dataset, layout = self._async_dataset, self._layout()
-        epoch = dataset.epoch
+        layout = self._layout()
+        epoch = self._epoch()
         loaded = self._loaded
         position = loaded if loaded is not None and loaded.epoch == epoch else Position(epoch)
         rest, _ = position.rest_for(layout, ordered=not self._tagged)
@@ -325,8 +350,18 @@ class DataLoader(torch.utils.data.DataLoader[Any]):
                 ),
                 stacklevel=2,
             )
-        # The main process decides the epoch; set_epoch carries it to the workers.
-        dataset.set_epoch(position.epoch)
+        # The loader decides the epoch: fresh workers find it in their copy of the
+        # dataset, persistent ones (which keep theirs) under their next token.
+        token: tuple[int, int] | None = None
+        if self.persistent_workers and self.num_workers > 0 and self._iterator is not None:
+            self._resets += 1
+            seed = int(self._iterator._base_seed)  # what workers see as info.seed - info.id
+            token = (seed, self._start_count + self._resets)
+        else:
+            self._resets, self._start_count = 0, dataset._iterations
+        number = dataset._schedule.begin(
+            position.epoch, in_workers=self.num_workers > 0, token=token
+        )
         self._choice = dataset._schedule.value.choices
         if position is self._loaded:
             dataset._resume_rest(position.epoch, rest)
@@ -334,7 +369,10 @@ class DataLoader(torch.utils.data.DataLoader[Any]):
         shard_rows = self._shard_rows(rest, layout, rank) if self._tagged else ()
         self._position = position.begin(layout, ordered=not self._tagged, shard_rows=shard_rows)
         terms = LoaderTerms(
-            tag=self._tagged, step_rows=self._rows_per_step if self._drop_last else None
+            tag=self._tagged,
+            step_rows=self._rows_per_step if self._drop_last else None,
+            start=(position.epoch, number),
+            start_count=self._start_count,
         )
         # The workers started now (or the iteration in this process) take the terms.
         dataset._terms, before = terms, dataset._terms
@@ -374,17 +412,13 @@ class DataLoader(torch.utils.data.DataLoader[Any]):
 
     def _snapshot(self) -> Position:
         """What the next iteration would resume from, if this process stopped now."""
-        dataset = self._async_dataset
-        epoch = dataset.epoch  # set_epoch's choice, a loaded state's epoch, or the next one
+        epoch = self._epoch()
         if self._loaded is not None and self._loaded.epoch == epoch:
             return self._loaded
-        schedule = dataset._schedule.value
         # Until its workers join, this loader's own set_epoch reads as "chosen":
         # only a choice made since then starts an epoch afresh.
-        if schedule.chosen and schedule.choices != self._choice:
-            return Position(epoch)
-        if self._position.layout is None:
-            return Position(epoch)  # never begun, or the last one ended
+        if self._user_chose() or self._position.layout is None:
+            return Position(epoch)  # chosen, never begun, or the last one ended
         return self._gathered(self._position)
 
     def _gathered(self, position: Position) -> Position:
