@@ -29,6 +29,9 @@ class _OverRows:
     def columns(self) -> tuple[str, ...]:
         return self._inner.columns
 
+    def column_info(self) -> dict[str, Any]:
+        return self._inner.column_info()
+
     def __len__(self) -> int:
         return len(self._inner)
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, default_collate
 
-from anyloader import AsyncDataset
+from anyloader import AsyncDataset, Resize
 from anyloader._batch_memory import BatchMemory
 from anyloader._batching import BatchBuilder
 from anyloader._chunk import Chunk
@@ -34,7 +34,9 @@ def chunk(rows: list[int]) -> Chunk:
     batch_size=st.integers(1, 20),
 )
 def test_batches_cut_the_stream_in_order(sizes: list[int], batch_size: int) -> None:
-    builder = BatchBuilder(batch_size, return_index=True, memory=BatchMemory(shared=False))
+    builder = BatchBuilder(
+        batch_size, return_index=True, memory=BatchMemory(shared=False), stacks=frozenset({"image"})
+    )
     batches: list[dict[str, Any]] = []
     start = 0
     for size in sizes:
@@ -54,7 +56,9 @@ def test_batches_cut_the_stream_in_order(sizes: list[int], batch_size: int) -> N
 
 
 def test_batches_in_a_worker_are_allocated_in_shared_memory() -> None:
-    builder = BatchBuilder(4, return_index=False, memory=BatchMemory(shared=True))
+    builder = BatchBuilder(
+        4, return_index=False, memory=BatchMemory(shared=True), stacks=frozenset({"image"})
+    )
     ((batch, positions),) = builder.add(chunk([0, 1, 2, 3]))
     assert positions.tolist() == [0, 1, 2, 3]
     assert batch["image"].is_shared()
@@ -76,7 +80,7 @@ def test_batched_epoch_is_exactly_once_with_pairs_intact(
 ) -> None:
     ds = AsyncDataset(
         pairs_url, backend=backend, shuffle=True, return_index=True, batch_size=10,
-        transform=pairs_ok,
+        transform=pairs_ok, geometry=Resize((64, 64)),
     )  # fmt: skip
     rows: list[int] = []
     for batch in DataLoader(ds, batch_size=None, num_workers=num_workers):
@@ -87,8 +91,11 @@ def test_batched_epoch_is_exactly_once_with_pairs_intact(
 
 
 def test_batch_mode_gives_what_default_collate_gives(pairs_url: str, backend: str) -> None:
-    per_sample = DataLoader(AsyncDataset(pairs_url, backend=backend, fetch_size=3), batch_size=8)
-    batched = AsyncDataset(pairs_url, backend=backend, fetch_size=3, batch_size=8)
+    same = Resize((64, 64))  # every image is 64 x 64: declared, so the column stacks
+    per_sample = DataLoader(
+        AsyncDataset(pairs_url, backend=backend, fetch_size=3, geometry=same), batch_size=8
+    )
+    batched = AsyncDataset(pairs_url, backend=backend, fetch_size=3, batch_size=8, geometry=same)
     for a, b in zip(per_sample, batched, strict=True):
         assert a.keys() == b.keys()
         for key in a:
@@ -141,8 +148,81 @@ def test_bad_batch_size_is_rejected(value: object, error: type[Exception]) -> No
 
 def test_collated_batches_match(make_pairs: Callable[[int], str]) -> None:
     url = make_pairs(13)
-    samples = list(AsyncDataset(url, columns=["masks"], return_index=True))
-    (batch,) = list(AsyncDataset(url, columns=["masks"], return_index=True, batch_size=13))
+    same = Resize((64, 64))
+    samples = list(AsyncDataset(url, columns=["masks"], return_index=True, geometry=same))
+    (batch,) = list(
+        AsyncDataset(url, columns=["masks"], return_index=True, batch_size=13, geometry=same)
+    )
     expected = default_collate(samples)
     assert torch.equal(batch["masks"], expected["masks"])
     assert batch["index"].tolist() == expected["index"].tolist()
+
+
+# Forms are decided before the first fetch: never by a batch's rows.
+
+
+@pytest.fixture(scope="module")
+def mostly_square_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """40 JPEGs of 64 x 64 but rows 25 and 33 (48 x 80), with masks of the same sizes."""
+    import deeplake
+    from deeplake import types
+
+    url = f"file://{tmp_path_factory.mktemp('mostly') / 'ds'}"
+    ds = deeplake.create(url)
+    ds.add_column("images", types.Image(types.UInt8(), sample_compression="jpeg"))
+    ds.add_column("masks", types.BinaryMask(sample_compression="lz4"))
+    ds.add_column("label", types.Int64())
+    rng = np.random.default_rng(2)
+    for row in range(40):
+        h, w = (48, 80) if row in (25, 33) else (64, 64)
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        ds.append({"images": [image], "masks": [image[..., :1] > 127], "label": [row]})
+    ds.commit()
+    return url
+
+
+def test_a_mostly_uniform_column_is_a_list_in_every_batch_of_every_epoch(
+    mostly_square_url: str, backend: str
+) -> None:
+    ds = AsyncDataset(mostly_square_url, backend=backend, shuffle=True, batch_size=8)
+    for _ in range(3):  # the first batch of an epoch decided "tensor", and a later one died
+        batches = list(ds)
+        assert all(isinstance(b["images"], list) for b in batches)
+        assert all(isinstance(b["masks"], list) for b in batches)
+        assert all(isinstance(b["label"], torch.Tensor) for b in batches)  # fixed by the schema
+        assert sorted(r for b in batches for r in b["label"].tolist()) == list(range(40))
+
+
+def test_a_geometry_stacks_a_variable_size_column_in_every_batch(
+    mostly_square_url: str, backend: str
+) -> None:
+    from anyloader import RandomResizedCrop
+
+    ds = AsyncDataset(
+        mostly_square_url,
+        backend=backend,
+        shuffle=True,
+        batch_size=8,
+        geometry=RandomResizedCrop((32, 40), scale=(0.5, 1.0), hflip=0.5),
+    )
+    for _ in range(2):
+        batches = list(ds)
+        assert {tuple(b["images"].shape[1:]) for b in batches} == {(32, 40, 3)}
+        assert {tuple(b["masks"].shape[1:]) for b in batches} == {(32, 40, 1)}
+        assert sorted(r for b in batches for r in b["label"].tolist()) == list(range(40))
+
+
+def test_per_sample_mode_collates_ragged_columns_as_lists(
+    mostly_square_url: str, backend: str
+) -> None:
+    ds = AsyncDataset(mostly_square_url, backend=backend, shuffle=True)
+    loader = DataLoader(ds, batch_size=8, collate_fn=ds.collate)
+    batches = list(loader)
+    assert all(
+        isinstance(b["images"], list) and len(b["images"]) == len(b["label"]) for b in batches
+    )
+    assert {b["images"][0].shape for b in batches} <= {(64, 64, 3), (48, 80, 3)}
+    assert sorted(r for b in batches for r in b["label"].tolist()) == list(range(40))
+    # torch's own collate fails on them: what the public collate is for.
+    with pytest.raises(RuntimeError, match="stack expects each tensor to be equal size"):
+        list(DataLoader(ds, batch_size=40))

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
-from anyloader import AsyncDataset, Shard, shard_rows
+from anyloader import AsyncDataset, Resize, Shard, shard_rows
 from anyloader._synthetic import read_row_id
 
 
@@ -202,7 +202,11 @@ def writable_in_shared_memory(batch: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_batches_are_shared_memory_only_in_workers(pairs_url: str, num_workers: int) -> None:
     ds = AsyncDataset(
-        pairs_url, columns=["images"], batch_size=8, transform=writable_in_shared_memory
+        pairs_url,
+        columns=["images"],
+        batch_size=8,
+        transform=writable_in_shared_memory,
+        geometry=Resize((64, 64)),
     )
     shared = {bool(b["shared"]) for b in DataLoader(ds, batch_size=None, num_workers=num_workers)}
     # In a worker the batch crosses to the main process through shared memory.

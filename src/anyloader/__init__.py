@@ -1,9 +1,14 @@
 """anyloader: stream Deep Lake datasets into PyTorch with structured concurrency."""
 
+from ._batching import Collate as Collate
 from ._bridge import wait_future as wait_future
+from ._columns import ColumnInfo as ColumnInfo
 from ._dataset import AsyncDataset as AsyncDataset
 from ._deeplake_source import DeeplakeSource as DeeplakeSource
 from ._faults import FaultySource as FaultySource
+from ._geometry import Boxes as Boxes
+from ._geometry import RandomResizedCrop as RandomResizedCrop
+from ._geometry import Resize as Resize
 from ._loader import DataLoader as DataLoader
 from ._loader import UnevenStepsWarning as UnevenStepsWarning
 from ._options import BACKENDS as BACKENDS
@@ -25,6 +30,9 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS",
     "AsyncDataset",
+    "Boxes",
+    "Collate",
+    "ColumnInfo",
     "DataLoader",
     "DeeplakeSource",
     "EpochStats",
@@ -32,6 +40,8 @@ __all__ = [
     "LatencyHistogram",
     "MemorySource",
     "Options",
+    "RandomResizedCrop",
+    "Resize",
     "RetryPolicy",
     "SampleStream",
     "Shard",

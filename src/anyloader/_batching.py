@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ._chunk import Chunk
     from ._slabs import BatchSlabs
 
-__all__ = ["BatchBuilder"]
+__all__ = ["BatchBuilder", "Collate"]
 
 _NUMERIC = frozenset("biufc")  # bool, int, uint, float, complex: what a tensor holds
 
@@ -32,21 +32,33 @@ def _torch_dtype(dtype: np.dtype[Any]) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
 
 
-def _form(parts: Sequence[Any]) -> tuple[np.dtype[Any], tuple[int, ...]] | None:
-    """A column's form in a batch: ``(dtype, row shape)`` if its rows stack, else None (a list)."""
-    first = parts[0]
-    if not (isinstance(first, np.ndarray) and first.ndim >= 1 and first.dtype.kind in _NUMERIC):
-        return None
-    for p in parts:
-        if not (isinstance(p, np.ndarray) and p.ndim >= 1):
-            return None
-        if p.dtype != first.dtype or p.shape[1:] != first.shape[1:]:
-            return None
-    return first.dtype, first.shape[1:]
+def _form(name: str, parts: Sequence[Any]) -> tuple[np.dtype[Any], tuple[int, ...]]:
+    """The dtype and row shape of a column that stacks; every row must have them.
+
+    Raises:
+        TypeError: naming the column, when its rows have more than one dtype or
+            shape, or a dtype that is not numeric.
+    """
+    forms: set[tuple[np.dtype[Any], tuple[int, ...]]] = set()
+    for part in parts:
+        if isinstance(part, np.ndarray) and part.ndim >= 1:
+            forms.add((part.dtype, part.shape[1:]))  # stacked rows: one form
+        else:
+            forms.update((a.dtype, a.shape) for a in map(np.asarray, part))
+    if len(forms) == 1:
+        ((dtype, shape),) = forms
+        if dtype.kind in _NUMERIC:
+            return dtype, shape
+    shown = sorted(f"{dtype} {shape}" for dtype, shape in forms)
+    raise TypeError(
+        f"batch mode: column {name!r} stacks (the source describes every row with one numeric "
+        f"shape, or a geometry gives it one), but its rows here are {shown}: the data breaks "
+        "its description"
+    )
 
 
 def _as_tensor(
-    parts: Sequence[np.ndarray],
+    parts: Sequence[Any],
     rows: int,
     form: tuple[np.dtype[Any], tuple[int, ...]],
     memory: BatchMemory,
@@ -56,8 +68,9 @@ def _as_tensor(
     view = out.numpy()
     at = 0
     for part in parts:
-        view[at : at + len(part)] = part
-        at += len(part)
+        for_rows = part if isinstance(part, np.ndarray) else np.stack(list(part))
+        view[at : at + len(for_rows)] = for_rows
+        at += len(for_rows)
     return out
 
 
@@ -73,18 +86,18 @@ def _as_list(parts: Sequence[Any]) -> list[Any]:
 class BatchBuilder:
     """Cuts a stream of chunks into batches of ``batch_size`` rows, in order.
 
-    A batch is ``{column: tensor}`` for columns whose rows stack into a numeric
-    tensor, ``{column: list}`` for the rest (ragged shapes, text), plus
-    ``"index": int64 tensor`` with ``return_index``. Every batch has
-    ``batch_size`` rows except the last one of the stream.
+    A batch is ``{column: tensor}`` for the columns in ``stacks`` (decided
+    before the first fetch, see :mod:`anyloader._columns`), ``{column: list}``
+    for the rest, plus ``"index": int64 tensor`` with ``return_index``. Every
+    batch has ``batch_size`` rows except the last one of the stream.
 
-    Guarantee: a column's form never changes within a stream. The first batch
-    decides it; a later batch whose rows do not fit it (another dtype, another
-    shape, ragged rows where a tensor was decided) raises instead of silently
-    turning a tensor column into a list.
+    Guarantee: a column's form never changes, within a stream or between
+    epochs: it is given, not read off the rows.
 
     Raises:
-        TypeError: from :meth:`add`/:meth:`finish`, naming the column that changed form.
+        TypeError: from :meth:`add`/:meth:`finish`, naming a column in ``stacks``
+            whose rows do not have one dtype and shape (data that breaks its
+            source's description).
     """
 
     def __init__(
@@ -94,8 +107,10 @@ class BatchBuilder:
         return_index: bool,
         memory: BatchMemory,
         slabs: BatchSlabs | None = None,
+        stacks: frozenset[str] = frozenset(),
     ) -> None:
         self.batch_size = batch_size
+        self.stacks = stacks
         self.slabs = slabs  # batch tensors fetches decoded into in place (ordered mode)
         self._batches = 0  # batches cut so far: the next one's index in the plan
         self.return_index = return_index
@@ -103,7 +118,6 @@ class BatchBuilder:
         self._chunks: list[Chunk] = []
         self._offset = 0  # rows of _chunks[0] already in earlier batches
         self._rows = 0  # rows held, not yet in a batch
-        self._forms: dict[str, tuple[np.dtype[Any], tuple[int, ...]] | None] = {}
 
     def add(self, chunk: Chunk) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
         """Take ``chunk``; yield every batch it completes, with the positions of its rows."""
@@ -119,22 +133,12 @@ class BatchBuilder:
 
     def _column(self, name: str, parts: Sequence[Any], rows: int) -> Any:
         filled = None if self.slabs is None else self.slabs.take(name, self._batches)
-        form = _form(parts)
-        if name not in self._forms:
-            self._forms[name] = form
-        decided = self._forms[name]
-        if decided is None:
+        if name not in self.stacks:
             return _as_list(parts)
-        if form != decided:
-            got = "rows that do not stack" if form is None else f"{form[0]} rows of shape {form[1]}"
-            raise TypeError(
-                f"batch mode: column {name!r} began as a tensor of {decided[0]} rows of shape "
-                f"{decided[1]}, and a later batch has {got}. Give the column one dtype and "
-                "shape (a transform in per-sample mode can resize), or use per-sample mode."
-            )
-        if filled is not None:
+        form = _form(name, parts)
+        if filled is not None and (filled.numpy().dtype, tuple(filled.shape[1:])) == form:
             return filled  # decoded straight into this batch's tensor: no copy
-        return _as_tensor(parts, rows, decided, self.memory)
+        return _as_tensor(parts, rows, form, self.memory)
 
     def _take(self, rows: int) -> tuple[dict[str, Any], np.ndarray]:
         pieces: list[tuple[Chunk, int, int]] = []
@@ -160,3 +164,39 @@ class BatchBuilder:
                 np.concatenate([c.indices[a:b] for c, a, b in pieces])
             )
         return batch, np.concatenate([c.positions[a:b] for c, a, b in pieces])
+
+
+class Collate:
+    """Collates samples as torch's ``default_collate`` does, keeping ragged columns as lists.
+
+    A sample column in ``stacks`` (one numeric shape in every row, see
+    :mod:`anyloader._columns`) and the ``index``/``epoch``/``geometry`` values
+    anyloader adds become tensors; any other (ragged arrays, boxes, text) a
+    list of the rows' values, in every batch. Samples that are not dicts (a
+    transform returned something else) go to ``default_collate`` whole.
+    Picklable: give it to DataLoader workers as ``collate_fn``.
+    """
+
+    _ADDED = frozenset({"index", "epoch", "geometry"})
+
+    def __init__(self, stacks: frozenset[str]) -> None:
+        self.stacks = stacks | self._ADDED
+
+    def __call__(self, samples: Sequence[Any]) -> Any:
+        from torch.utils.data import default_collate
+
+        if not samples or not all(isinstance(s, dict) for s in samples):
+            return default_collate(list(samples))
+        return {
+            key: default_collate([s[key] for s in samples])
+            if key in self.stacks
+            else [_writable(s[key]) for s in samples]
+            for key in samples[0]
+        }
+
+    def __repr__(self) -> str:
+        return f"anyloader.Collate(stacks={sorted(self.stacks)})"
+
+
+def _writable(value: Any) -> Any:
+    return np.array(value) if isinstance(value, np.ndarray) and not value.flags.writeable else value

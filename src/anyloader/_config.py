@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ._columns import ColumnRoles, column_roles
 from ._retry import RetryPolicy, default_is_transient
 from ._source import Source
 
@@ -46,7 +47,12 @@ def _resolve_columns(
         raise ValueError(f"columns lists a name twice: {list(chosen)}")
     if not chosen:
         raise ValueError(f"no columns selected; the source has {list(available)}")
-    for added, flag in (("index", options.return_index), ("epoch", options.return_epoch)):
+    added_columns = (
+        ("index", options.return_index),
+        ("epoch", options.return_epoch),
+        ("geometry", options.return_geometry),
+    )
+    for added, flag in added_columns:
         if flag and added in chosen:
             raise ValueError(f'return_{added}=True would overwrite the column "{added}"')
     return chosen
@@ -63,18 +69,29 @@ class LoaderConfig:
     source: Source
     columns: tuple[str, ...]
     options: Options
+    roles: ColumnRoles
 
     @classmethod
     def build(cls, source: object, options: Options) -> LoaderConfig:
-        """Wrap ``source`` and check ``options.columns`` against its columns.
+        """Wrap ``source``, check ``options.columns`` against its columns, decide their roles.
 
         Raises:
             TypeError: if ``source`` is not a dataset, URL or ``Source``.
-            ValueError: an unknown or repeated column, or none selected.
+            ValueError: an unknown or repeated column, or none selected; a
+                geometry with nothing to place; boxes of a column not read.
         """
         src = as_source(source)
         columns = _resolve_columns(options.columns, src.columns, options)
-        return cls(source=src, columns=columns, options=options)
+        for boxes in options.boxes:
+            named = [boxes.column, *boxes.aligned]
+            missing = [name for name in named if name not in columns]
+            if missing:
+                raise ValueError(
+                    f"boxes of {boxes.column!r} name {missing}, which are not read; the columns "
+                    f"are {list(columns)}"
+                )
+        roles = column_roles(src, columns, options.geometry)
+        return cls(source=src, columns=columns, options=options, roles=roles)
 
     @property
     def budget(self) -> int:

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ._batching import Collate
 from ._config import LoaderConfig
 from ._epochs import SharedSchedule
+from ._handout import batch_stacks
 from ._iterator import EpochIterator
 from ._loop_thread import load_backend
 from ._options import Options, check_backend, non_negative_int
@@ -160,6 +162,17 @@ class AsyncDataset(IterableDataset[Any]):
         if resume is None or resume.progress.epoch != self.epoch:
             return Rest()
         return resume.rest
+
+    @property
+    def collate(self) -> Collate:
+        """The ``collate_fn`` for per-sample mode: stacks what stacks, lists the rest.
+
+        ``torch.utils.data.DataLoader(ds, batch_size=32, collate_fn=ds.collate)``:
+        like ``default_collate``, but a ragged or text column (boxes, captions,
+        variable-size images without a geometry) is a list in every batch instead
+        of failing in ``torch.stack``. ``anyloader.DataLoader`` uses it by default.
+        """
+        return Collate(batch_stacks(self.config))
 
     def stats(self) -> EpochStats:
         """The latest epoch's :class:`~anyloader.EpochStats` (see docs/stats.md).

@@ -21,7 +21,7 @@ import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -31,10 +31,11 @@ from ._resize import single_threaded_torch
 from ._signals import signals_blocked
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
     from concurrent.futures import Future
 
-    from ._options import Options
+    from ._config import LoaderConfig
+    from ._geometry import Boxes, Geometry
     from ._recorder import EpochRecorder
     from ._slabs import BatchSlabs
 
@@ -45,15 +46,35 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class DecodeSettings:
-    """How an epoch decodes images: ``mode`` "auto" or "deeplake", threads, reduced size."""
+    """How an epoch decodes images: ``mode`` "auto" or "deeplake", threads, reduced size,
+    and with a geometry, what it places (the roles of columns, boxes) for which epoch."""
 
     mode: str = "auto"
     threads: int | None = None
     image_size: tuple[int, int] | None = None
+    geometry: Geometry | None = None
+    roles: Mapping[str, str] = field(default_factory=dict)
+    reference: str | None = None
+    boxes: Sequence[Boxes] = ()
+    return_geometry: bool = False
+    seed: int = 0
+    epoch: int = 0
 
     @classmethod
-    def of(cls, options: Options) -> DecodeSettings:
-        return cls(options.decode, options.decode_threads, options.image_size)
+    def of(cls, config: LoaderConfig, epoch: int = 0) -> DecodeSettings:
+        o = config.options
+        return cls(
+            o.decode,
+            o.decode_threads,
+            o.image_size,
+            o.geometry,
+            dict(config.roles.roles),
+            config.roles.reference,
+            o.boxes,
+            o.return_geometry,
+            o.seed,
+            epoch,
+        )
 
 
 class EpochDecoding:

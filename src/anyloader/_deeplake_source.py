@@ -9,12 +9,13 @@ import numpy as np
 
 from ._bridge import wait_future
 from ._decoding import current_decoding
+from ._placing import Encoded
 from ._retry import default_is_transient
-from ._slabs import first_index
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+    from ._columns import ColumnInfo
     from ._source import Columns
 
 __all__ = ["DeeplakeSource", "is_deeplake_dataset"]
@@ -42,6 +43,30 @@ def _has_schema(obj: object) -> bool:
 def _reads_by_row(obj: object) -> bool:
     """A schema-less view: its rows (by iteration) read their own cells with ``get_async``."""
     return hasattr(obj, "__iter__") and callable(getattr(obj, "get_async", None))
+
+
+# deeplake's schema marks a side that varies with the largest uint64.
+_ANY_SIDE = 2**64 - 1
+_KINDS = {"Image": "image", "BinaryMask": "mask", "SegmentMask": "mask", "BoundingBox": "boxes"}
+
+
+def _column_info(dtype: Any, *, jpeg: bool) -> ColumnInfo:
+    """A schema type as a :class:`~anyloader._columns.ColumnInfo`."""
+    from ._columns import ColumnInfo
+
+    kind_name = getattr(getattr(dtype, "kind", None), "name", "")
+    kind = _KINDS.get(kind_name, "text" if kind_name == "Text" else "array")
+    if kind == "text" or getattr(dtype, "is_link", False) or getattr(dtype, "is_sequence", False):
+        return ColumnInfo("text" if kind == "text" else "unknown")
+    try:
+        element = np.dtype(str(dtype.id))
+    except (TypeError, AttributeError):
+        element = None
+    sides = getattr(dtype, "shape", None)
+    shape = None if sides is None else tuple(None if s == _ANY_SIDE else int(s) for s in sides)
+    if getattr(dtype, "is_nullable", False):
+        shape = None  # a row may be missing: no fixed shape
+    return ColumnInfo(kind, element, shape, jpeg)  # type: ignore[arg-type]
 
 
 def _uncommitted(dataset: Any) -> bool:
@@ -222,6 +247,16 @@ class DeeplakeSource:
             handle = self._handles[name] = column
         return handle
 
+    def column_info(self) -> dict[str, ColumnInfo]:
+        """Each column's kind, dtype and row shape, from the schema (nothing without one)."""
+        if self._rows is not None:
+            return {}
+        jpeg = set(self._jpeg_columns())
+        info = {}
+        for column in self._ds.schema.columns:
+            info[column.name] = _column_info(column.dtype, jpeg=column.name in jpeg)
+        return info
+
     def _jpeg_columns(self) -> tuple[str, ...]:
         if self._jpeg is None:
             from ._decode import jpeg_columns
@@ -236,17 +271,25 @@ class DeeplakeSource:
         read as their stored bytes and decoded by libjpeg-turbo in the epoch's
         decode threads, with deeplake's pixels (see anyloader._decode); rows it
         cannot reproduce (CMYK, 12-bit, corrupt) are asked of deeplake, one by one.
-        Everything else, and everything outside an engine, deeplake decodes.
+        With a geometry, the JPEG images it places come back as their bytes
+        (:class:`~anyloader._placing.Encoded`), for the engine to decode at the
+        scale their crop needs. Everything else, and everything outside an
+        engine, deeplake decodes.
         """
         rows = [int(i) for i in indices]
         decoding = current_decoding()
         ours: tuple[str, ...] = ()
+        placed: tuple[str, ...] = ()
         if decoding is not None and decoding.settings.mode == "auto":
             ours = tuple(c for c in columns if c in self._jpeg_columns())
+            if decoding.settings.geometry is not None:
+                roles = decoding.settings.roles
+                placed = tuple(c for c in ours if roles.get(c) == "image")
+                ours = tuple(c for c in ours if c not in placed)
         # Issue every column's request before waiting, so they overlap.
         futures = [
             self._column(name).get_bytes_async(rows)
-            if name in ours
+            if name in ours or name in placed
             else self._column(name).get_async(rows)
             for name in columns
         ]
@@ -258,18 +301,12 @@ class DeeplakeSource:
             for f in futures:
                 if not f.is_completed():
                     f.cancel()
-        first, slabs = first_index.get(), None if decoding is None else decoding.slabs
+        for name in placed:
+            values[name] = Encoded(list(values[name]), self._redo(name, rows))
         for name in ours:
             assert decoding is not None
-            into = None
-            if slabs is not None and first is not None:
-                into = slabs.destination(name, first, len(rows))
-            column, fallback, in_place = await decoding.run(
-                _decode_column,
-                list(values[name]),
-                decoding.settings.image_size,
-                into,
-                rows=len(rows),
+            column, fallback = await decoding.run(
+                _decode_column, list(values[name]), decoding.settings.image_size, rows=len(rows)
             )
             image_size = decoding.settings.image_size
             for row in fallback:  # what we cannot reproduce, deeplake decodes: per row
@@ -280,10 +317,16 @@ class DeeplakeSource:
                 column[row] = value
             if fallback:
                 column = _stacked_if_uniform(column)
-            if in_place and slabs is not None and first is not None:
-                slabs.filled(name, first, len(rows))
             values[name] = column
         return values
+
+    def _redo(self, name: str, rows: list[int]) -> Callable[[int], Awaitable[Any]]:
+        """Row ``i`` of ``rows`` in ``name``, decoded by deeplake (libjpeg-turbo could not)."""
+
+        async def redo(i: int) -> Any:
+            return (await wait_future(self._column(name).get_async([rows[i]])))[0]
+
+        return redo
 
 
 class _RowColumn:
@@ -350,17 +393,13 @@ def _reduce_like_dct(image: np.ndarray, image_size: tuple[int, int]) -> np.ndarr
 
 
 def _decode_column(
-    blobs: list[bytes],
-    image_size: tuple[int, int] | None,
-    into: Callable[[tuple[int, int, int]], np.ndarray | None] | None = None,
-) -> tuple[np.ndarray | list[Any], tuple[int, ...], bool]:
-    """Decode one column's bytes (in a decode thread): its value, rows left over, in place?
+    blobs: list[bytes], image_size: tuple[int, int] | None
+) -> tuple[np.ndarray | list[Any], tuple[int, ...]]:
+    """Decode one column's bytes (in a decode thread): its value, and the rows left over.
 
     The value is one stacked ``(N, H, W, C)`` array when every row decodes to one
-    shape, as deeplake returns such rows (in exact mode decoded straight into it,
-    sparing a copy per row: into the batch tensor that ``into`` gives for that
-    shape, if any), else a list with ``None`` at the rows left for deeplake. The
-    flag is true when every row went into ``into``'s array.
+    shape, as deeplake returns such rows (decoded straight into it, sparing a
+    copy per row), else a list with ``None`` at the rows left for deeplake.
     """
     from ._decode import (
         UnsupportedImage,
@@ -377,25 +416,21 @@ def _decode_column(
             if arrays[row] is None:
                 left.append(row)
         if not left and arrays and len({a.shape for a in arrays if a is not None}) == 1:
-            return np.stack([a for a in arrays if a is not None]), (), False
-        return arrays, tuple(left), False
+            return np.stack([a for a in arrays if a is not None]), ()
+        return arrays, tuple(left)
+    try:
+        shapes = {jpeg_decoder().info(b) for b in blobs}
+    except (UnsupportedImage, TypeError):
+        shapes = set()  # decode_column_bytes reports (or raises for) these rows one by one
+    if len(shapes) == 1 and blobs:
+        ((height, width, channels),) = shapes
+        out = np.empty((len(blobs), height, width, channels), np.uint8)
+        decoded = decode_column_bytes(blobs, out=out)
+        if not decoded.fallback:
+            return out, ()
     else:
-        try:
-            shapes = {jpeg_decoder().info(b) for b in blobs}
-        except (UnsupportedImage, TypeError):
-            shapes = set()  # decode_column_bytes reports (or raises for) these rows one by one
-        if len(shapes) == 1 and blobs:
-            ((height, width, channels),) = shapes
-            slab = None if into is None else into((height, width, channels))
-            out = (
-                np.empty((len(blobs), height, width, channels), np.uint8) if slab is None else slab
-            )
-            decoded = decode_column_bytes(blobs, out=out)
-            if not decoded.fallback:
-                return out, (), slab is not None
-        else:
-            decoded = decode_column_bytes(blobs)
+        decoded = decode_column_bytes(blobs)
     arrays = decoded.arrays
     if not decoded.fallback and arrays and len({a.shape for a in arrays if a is not None}) == 1:
-        return np.stack([a for a in arrays if a is not None]), (), False
-    return list(arrays), decoded.fallback_rows, False
+        return np.stack([a for a in arrays if a is not None]), ()
+    return list(arrays), decoded.fallback_rows

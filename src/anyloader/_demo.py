@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from ._stats import EpochStats
-from ._synthetic import create_image_mask_dataset, read_row_id
+from ._synthetic import create_image_mask_dataset, scene_agreement
 
-__all__ = ["DemoResult", "cache_dir", "demo_dataset", "run_demo"]
+__all__ = ["DemoResult", "cache_dir", "demo_dataset", "demo_sizes", "run_demo"]
 
 
 def cache_dir() -> Path:
@@ -28,20 +28,28 @@ def cache_dir() -> Path:
     return Path(base) / "anyloader"
 
 
+def demo_sizes(size: int) -> tuple[int, int]:
+    """The range of the demo dataset's image sides for crops of ``size``: real data varies."""
+    return size * 5 // 8, size * 5 // 4
+
+
 def demo_dataset(rows: int, size: int, *, root: Path | None = None) -> str:
     """Return the URL of a cached synthetic dataset, creating it on first use.
 
-    The dataset is built in a temporary folder and renamed into place, so an
-    interrupted build never leaves a half-written dataset in the cache.
+    Images and masks of many sizes and aspect ratios (each side in
+    :func:`demo_sizes`), as segmentation data is. The dataset is built in a
+    temporary folder and renamed into place, so an interrupted build never
+    leaves a half-written dataset in the cache.
     """
     root = root or cache_dir()
-    final = root / f"demo-{rows}x{size}"
+    lo, hi = demo_sizes(size)
+    final = root / f"demo-{rows}x{lo}-{hi}"
     if not final.exists():
-        print(f"generating {rows} image/mask pairs of {size}x{size} into {final} ...", flush=True)
+        print(f"generating {rows} image/mask pairs of {lo}-{hi} px into {final} ...", flush=True)
         root.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
         try:
-            create_image_mask_dataset(f"file://{scratch / 'ds'}", rows, size=size)
+            create_image_mask_dataset(f"file://{scratch / 'ds'}", rows, sizes=(lo, hi))
             try:
                 (scratch / "ds").rename(final)
             except OSError:
@@ -52,12 +60,18 @@ def demo_dataset(rows: int, size: int, *, root: Path | None = None) -> str:
     return f"file://{final}"
 
 
+#: Share of a cropped pair's pixels that must show the row's tone for its mask value.
+AGREEMENT = 0.9
+
+
 def check_pairs(batch: dict[str, Any]) -> dict[str, Any]:
-    """Batch transform: whether each image and mask both carry their row's own number."""
+    """Batch transform: whether each image and mask are the same crop of their own row."""
     rows = zip(
         batch["images"].numpy(), batch["masks"].numpy(), batch["index"].tolist(), strict=True
     )
-    batch["pair_ok"] = torch.tensor([read_row_id(i) == r == read_row_id(m) for i, m, r in rows])
+    batch["pair_ok"] = torch.tensor(
+        [scene_agreement(image, mask, row) >= AGREEMENT for image, mask, row in rows]
+    )
     return batch
 
 
@@ -88,6 +102,7 @@ def run_demo(
     backend: str = "asyncio",
     num_workers: int = 2,
     batch_size: int = 32,
+    size: int = 256,
     shuffle: bool = True,
     pairs: bool = True,
     progress: bool = True,
@@ -97,16 +112,20 @@ def run_demo(
     from tqdm import tqdm
 
     from ._dataset import AsyncDataset
+    from ._geometry import RandomResizedCrop
     from ._profile import TrainingClock
 
     # Batch mode: the dataset builds each batch with one copy, so the
-    # DataLoader only moves batches (batch_size=None).
+    # DataLoader only moves batches (batch_size=None). What every segmentation
+    # training does, a random crop and flip of image and mask together, runs in
+    # the decode threads, straight into the batch.
     dataset = AsyncDataset(
         url,
         backend=backend,
         shuffle=shuffle,
         return_index=True,
         batch_size=batch_size,
+        geometry=RandomResizedCrop((size, size), scale=(0.25, 1.0), hflip=0.5),
         transform=check_pairs if pairs else None,
     )
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers)

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
 
+from ._columns import describe
 from ._retry import default_is_transient
 from ._source import Source
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
+    from ._columns import ColumnInfo
     from ._source import Columns
 
 __all__ = ["FaultStats", "FaultySource", "PermanentFault"]
@@ -167,6 +169,10 @@ class FaultySource:
     @property
     def columns(self) -> Sequence[str]:
         return self.source.columns
+
+    def column_info(self) -> Mapping[str, ColumnInfo]:
+        """The wrapped source's description of its columns."""
+        return describe(self.source, self.source.columns)
 
     def __len__(self) -> int:
         return len(self.source)

@@ -15,11 +15,11 @@ round(sqrt(area * aspect))``, ``h = round(sqrt(area / aspect))`` (round half
 to even); the first attempt with ``0 < w <= W`` and ``0 < h <= H`` wins, and
 its top-left corner is ``floor(u * (H - h + 1))``, ``floor(u * (W - w + 1))``.
 If no attempt fits, the crop is the centre of the image, as wide or as tall
-as ``ratio`` allows (rounded, at least one pixel). Flips are drawn last: horizontal if ``u < hflip``,
-vertical if ``u < vflip``.
+as ``ratio`` allows (rounded, at least one pixel). Flips are drawn last:
+horizontal if ``u < hflip``, vertical if ``u < vflip``.
 
-The stream: draw ``k`` of row ``r`` is ``u(r, k) = (m(m(r * φ + k * ψ + key))
->> 11) / 2**53``, where ``m`` is the splitmix64 finaliser, ``φ =
+The stream: draw ``k`` of row ``r`` is ``u(r, k) = (m(m(r * φ + k * ψ +
+key)) >> 11) / 2**53``, where ``m`` is the splitmix64 finaliser, ``φ =
 0x9E3779B97F4A7C15``, ``ψ = 0xD1B54A32D192ED03``, arithmetic modulo 2**64, and
 ``key = mix64(seed, epoch, 0x6E0)``. Draws ``2a`` and ``2a + 1`` are attempt
 ``a``'s area and aspect, 20 and 21 the corner, 22 and 23 the flips.
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -39,10 +39,13 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 __all__ = [
+    "BOX_FORMATS",
+    "Boxes",
     "Geometry",
     "Placement",
     "RandomResizedCrop",
     "Resize",
+    "check_boxes",
     "check_geometry",
     "uniforms",
 ]
@@ -299,6 +302,75 @@ class Resize(_Flips):
 
 
 Geometry = RandomResizedCrop | Resize
+
+BOX_FORMATS = ("xyxy", "xywh")
+
+
+@dataclass(frozen=True)
+class Boxes:
+    """A column of boxes (``(N, 4)`` per row, in source pixels) moved with the geometry.
+
+    ``format`` is ``"xyxy"`` (corners) or ``"xywh"`` (top-left corner and
+    size). Each box is mapped into the output, flipped with the image, and
+    clipped to it; boxes left with no area (outside the crop) are dropped, and
+    so are the entries of the ``aligned`` columns (per-box labels, say) at the
+    same positions. The epoch's stats count the dropped boxes.
+
+    Raises:
+        TypeError, ValueError: at construction, naming the bad field.
+    """
+
+    column: str
+    format: str = "xyxy"
+    aligned: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.column, str):
+            raise TypeError(f"column must be a column name (str), got {self.column!r}")
+        if self.format not in BOX_FORMATS:
+            raise ValueError(f"format must be one of {BOX_FORMATS}, got {self.format!r}")
+        object.__setattr__(self, "aligned", _names("aligned", self.aligned))
+
+    def place(
+        self, boxes: NDArray[np.floating[Any]], placement: Placement
+    ) -> tuple[NDArray[np.floating[Any]], NDArray[np.bool_]]:
+        """``boxes`` (``(N, 4)`` in this format) in the output's pixels, and which were kept."""
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+        if self.format == "xywh":
+            b[:, 2:] += b[:, :2]
+        oh, ow = placement.size
+        sy, sx = oh / placement.height, ow / placement.width
+        x = (b[:, [0, 2]] - placement.left) * sx
+        y = (b[:, [1, 3]] - placement.top) * sy
+        if placement.hflip:
+            x = ow - x[:, ::-1]
+        if placement.vflip:
+            y = oh - y[:, ::-1]
+        x, y = np.clip(x, 0, ow), np.clip(y, 0, oh)
+        keep = (x[:, 1] > x[:, 0]) & (y[:, 1] > y[:, 0])
+        out = np.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=1)[keep]
+        if self.format == "xywh":
+            out[:, 2:] -= out[:, :2]
+        return out.astype(
+            np.asarray(boxes).dtype if np.asarray(boxes).dtype.kind == "f" else np.float32
+        ), keep
+
+
+def check_boxes(name: str, value: object) -> tuple[Boxes, ...]:
+    """``value`` (a :class:`Boxes`, several, or None) as a tuple.
+
+    Raises:
+        TypeError: anything else, naming what is accepted.
+    """
+    if value is None:
+        return ()
+    if isinstance(value, Boxes):
+        return (value,)
+    if isinstance(value, (tuple, list)) and all(isinstance(v, Boxes) for v in value):
+        return tuple(value)
+    raise TypeError(
+        f"{name} must be anyloader.Boxes(...), a sequence of them, or None, got {value!r}"
+    )
 
 
 def check_geometry(name: str, value: object) -> Geometry | None:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from ._batch_memory import BatchMemory
+    from ._config import LoaderConfig
     from ._options import Options
     from ._pipeline import Item
     from ._slabs import BatchSlabs
@@ -44,12 +45,13 @@ class Handout:
 
     def __init__(
         self,
-        options: Options,
+        config: LoaderConfig,
         *,
         epoch: int,
         memory: BatchMemory,
         slabs: BatchSlabs | None = None,
     ) -> None:
+        options = config.options
         self._transform = options.transform
         self._epoch = epoch if options.return_epoch else None
         self._return_index = options.return_index
@@ -57,7 +59,11 @@ class Handout:
             None
             if options.batch_size is None
             else BatchBuilder(
-                options.batch_size, return_index=options.return_index, memory=memory, slabs=slabs
+                options.batch_size,
+                return_index=options.return_index,
+                memory=memory,
+                slabs=slabs,
+                stacks=batch_stacks(config),
             )
         )
         self._chunks: deque[Chunk] = deque()  # received, not yet cut into samples or batches
@@ -135,6 +141,12 @@ class Handout:
                     f"transform raised {type(exc).__name__}; that would end the epoch silently"
                 ) from exc
         return value, positions
+
+
+def batch_stacks(config: LoaderConfig) -> frozenset[str]:
+    """The columns batch mode stacks: those the roles say, and the rows' placements."""
+    stacks = config.roles.stacks
+    return stacks | {"geometry"} if config.options.return_geometry else stacks
 
 
 def batch_slabs(options: Options, planned: int, memory: BatchMemory) -> BatchSlabs | None:

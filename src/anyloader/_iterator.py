@@ -76,13 +76,20 @@ class EpochIterator:
         self._done = True  # until the loop thread exists: __del__ has nothing to close
         self._memory = memory = BatchMemory(shared=shared)
         slabs = batch_slabs(config.options, planned, memory)
-        self._handout = Handout(config.options, epoch=progress.epoch, memory=memory, slabs=slabs)
+        self._handout = Handout(config, epoch=progress.epoch, memory=memory, slabs=slabs)
         self._progress = progress
         self._report = report
         self._give_back_at = max(1, config.budget // 4)
         self._stats = stats = stats if stats is not None else EpochRecorder()
         self._thread = LoopThread(
-            backend, config, groups, planned, seed=seed, slabs=slabs, stats=stats
+            backend,
+            config,
+            groups,
+            planned,
+            seed=seed,
+            epoch=progress.epoch,
+            slabs=slabs,
+            stats=stats,
         )
         self._done = False
         close_at_exit(self)

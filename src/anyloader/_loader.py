@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch.utils.data
-from torch.utils.data._utils.collate import default_collate, default_convert
+from torch.utils.data._utils.collate import default_convert
 
 from ._dataset import AsyncDataset, LoaderTerms
 from ._iterator import Tagged
@@ -231,11 +231,11 @@ class DataLoader(torch.utils.data.DataLoader[Any]):
         if kwargs.get("num_workers", 0) > 0:
             _check_reaches_workers(dataset, kwargs.get("multiprocessing_context"))
         self._tagged = not options.ordered
-        if self._tagged:
-            collate = kwargs.get("collate_fn")
-            if collate is None:
-                collate = default_convert if dataset_batch is not None else default_collate
-            kwargs["collate_fn"] = _TaggedCollate(collate)
+        collate = kwargs.get("collate_fn")
+        if collate is None:
+            # Per-sample mode: ragged and text columns stay lists (batch mode's rule).
+            collate = default_convert if dataset_batch is not None else dataset.collate
+        kwargs["collate_fn"] = _TaggedCollate(collate) if self._tagged else collate
         super().__init__(dataset, **kwargs)
         self._rows_per_step: int = rows_per_step
         self._drop_last = drop_last

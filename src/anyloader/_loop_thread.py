@@ -84,6 +84,7 @@ class LoopThread:
         planned: int,
         *,
         seed: int,
+        epoch: int = 0,
         slabs: BatchSlabs | None = None,
         stats: EpochRecorder | None = None,
     ) -> None:
@@ -108,6 +109,7 @@ class LoopThread:
                     self._budget,
                     self._items.put,
                     seed=seed,
+                    epoch=epoch,
                     slabs=slabs,
                     stats=stats,
                 )

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypedDict
 
+from ._geometry import Boxes, Geometry, check_boxes, check_geometry
+
 __all__ = [
     "BACKENDS",
     "DECODERS",
@@ -202,6 +204,18 @@ class Options:
     image_size: tuple[int, int] | None = _option(
         None, _size_or_none, "(h, w) or None", "decode JPEGs at the smallest DCT scale >= this"
     )
+    geometry: Geometry | None = _option(
+        None,
+        check_geometry,
+        "RandomResizedCrop, Resize or None",
+        "crop, resize and flip each row's images and masks together, in the decode threads",
+    )
+    return_geometry: bool = _option(
+        False, _bool, "bool", 'add each row\'s placement under "geometry" (8 ints, see the guide)'
+    )
+    boxes: Sequence[Boxes] = _option(
+        (), check_boxes, "[Boxes]", "box columns moved, clipped and filtered with the geometry"
+    )
 
     def __post_init__(self) -> None:
         if self.shuffle_block_size is not None and not self.shuffle:
@@ -209,6 +223,15 @@ class Options:
                 f"shuffle_block_size={self.shuffle_block_size!r} shapes a shuffle: it needs "
                 "shuffle=True"
             )
+        if self.geometry is not None and self.image_size is not None:
+            raise ValueError(
+                f"image_size={self.image_size!r} and geometry={self.geometry!r}: the geometry "
+                "already decodes each image at the smallest scale its crop needs; leave "
+                "image_size out"
+            )
+        if self.geometry is None and (self.boxes or self.return_geometry):
+            given = "boxes" if self.boxes else "return_geometry=True"
+            raise ValueError(f"{given} needs a geometry= to follow")
         if self.image_size is not None and self.decode != "auto":
             raise ValueError(
                 f"image_size={self.image_size!r} needs decode='auto' (deeplake decodes at full "
@@ -262,6 +285,9 @@ class LoaderOptions(TypedDict, total=False):
     decode: str
     decode_threads: int | None
     image_size: tuple[int, int] | None
+    geometry: Geometry | None
+    return_geometry: bool
+    boxes: Sequence[Boxes]
 
 
 def options_table() -> str:

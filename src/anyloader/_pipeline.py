@@ -30,7 +30,8 @@ import anyio
 
 from ._bridge import open_future_poller
 from ._chunk import Chunk, check_columns
-from ._decoding import DecodeSettings, open_decoding
+from ._decoding import DecodeSettings, current_decoding, open_decoding
+from ._placing import place
 from ._recorder import EpochRecorder
 from ._retry import retrying
 from ._slabs import first_index
@@ -140,6 +141,7 @@ async def run_engine(
     emit: Callable[[Item], object],
     *,
     seed: int,
+    epoch: int = 0,
     slabs: BatchSlabs | None = None,
     stats: EpochRecorder | None = None,
 ) -> None:
@@ -159,7 +161,11 @@ async def run_engine(
     if stats is None:
         stats = EpochRecorder()
     fetch_started, fetched, on_fault = stats.fetch_started, stats.fetched, stats.fault
+    boxes_dropped = stats.boxes_dropped
     source, columns, fetch_size = config.source, config.columns, options.fetch_size
+    geometry = options.geometry
+    # What the engine adds to each row: its placement under the geometry.
+    returned = (*columns, "geometry") if options.return_geometry else columns
     retry, is_transient = config.retry, config.is_transient
     rng = random.Random(seed)
     plan = enumerate(groups)
@@ -193,7 +199,20 @@ async def run_engine(
             first_index.set(seq * fetch_size)
 
             async def attempt(indices: list[int] = indices) -> Any:
-                return await source.fetch(indices, columns)
+                values = await source.fetch(indices, columns)
+                if geometry is None:
+                    return values
+                # Placed inside the attempt: retries, timeouts and cancellation cover it.
+                decoding = current_decoding()
+                assert decoding is not None
+                placed, dropped = await place(
+                    check_columns(values, columns, len(indices)),
+                    indices,
+                    decoding,
+                    first=first_index.get(),
+                )
+                boxes_dropped(dropped)
+                return placed
 
             started = fetch_started()
             try:
@@ -203,7 +222,7 @@ async def run_engine(
                     )
                 except anyio.get_cancelled_exc_class() as exc:
                     await _own_cancellation(exc)
-                picked = check_columns(values, columns, len(indices))
+                picked = check_columns(values, returned, len(indices))
             except anyio.get_cancelled_exc_class():
                 raise
             except BaseException as exc:  # transported to the consumer, never swallowed
@@ -218,7 +237,7 @@ async def run_engine(
     # One poller wakes every fetch waiting on a deeplake future (see anyloader._bridge);
     # the decode pool is the epoch's, and is joined after every fetch has ended.
     async with (
-        open_decoding(DecodeSettings.of(options), slabs, stats),
+        open_decoding(DecodeSettings.of(config, epoch), slabs, stats),
         open_future_poller(),
         anyio.create_task_group() as tg,
     ):

@@ -104,6 +104,7 @@ class EpochRecorder:
         self.retries = self.faults = self.timeouts = 0
         self.decoded_rows = 0
         self.decode_seconds = 0.0
+        self.dropped_boxes = 0
         self.consumer_wait = self.stall = 0.0
         # (seconds the row budget was full before, since when it is full or None),
         # replaced whole by the loop thread so the consumer's thread reads it whole.
@@ -146,6 +147,10 @@ class EpochRecorder:
         self.faults += 1
         self.retries += retried
         self.timeouts += timed_out
+
+    def boxes_dropped(self, boxes: int) -> None:
+        """A geometry's crop dropped ``boxes`` boxes (outside it)."""
+        self.dropped_boxes += boxes
 
     def decoded(self, rows: int, seconds: float) -> None:
         """A decode thread spent ``seconds`` decoding ``rows`` rows."""
@@ -218,6 +223,7 @@ class EpochRecorder:
             timeouts=self.timeouts,
             decoded_rows=self.decoded_rows,
             decode_seconds=self.decode_seconds,
+            boxes_dropped=self.dropped_boxes,
             seconds=seconds,
             cpu_seconds=max(0.0, cpu_end - self._cpu_started),
             consumer_seconds=seconds,

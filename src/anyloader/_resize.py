@@ -47,9 +47,8 @@ def nearest_indices(start: int, length: int, out: int, *, flip: bool = False) ->
 
     Reversed with ``flip``, so a flip costs nothing.
     """
-    index = start + np.minimum(
-        ((np.arange(out, dtype=np.float64) + 0.5) * (length / out)).astype(np.intp), length - 1
-    )
+    # floor((i + 0.5) * length / out), in integers: exact, never past the box.
+    index = start + ((2 * np.arange(out, dtype=np.intp) + 1) * length) // (2 * out)
     return index[::-1] if flip else index
 
 

@@ -17,14 +17,13 @@ from __future__ import annotations
 import contextvars
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    import numpy as np
 
     from ._batch_memory import BatchMemory
 
@@ -62,26 +61,29 @@ class BatchSlabs:
         return min(self.batch_size, self.planned - batch * self.batch_size)
 
     def destination(
-        self, column: str, first: int, rows: int
-    ) -> Callable[[tuple[int, int, int]], np.ndarray | None]:
+        self, column: str, first: int, rows: int, dtype: np.dtype[Any] | None = None
+    ) -> Callable[[tuple[int, ...]], np.ndarray | None]:
         """For rows ``[first, first + rows)`` of ``column``: a function from row shape to a view.
 
-        The function returns the ``(rows, H, W, C)`` view of the batch tensor those
-        rows belong to, allocating it for that shape; or None when the rows span
-        two batches or the batch's tensor has another row shape.
+        The function returns the ``(rows, *shape)`` view of the batch tensor those
+        rows belong to (of ``dtype``, uint8 by default), allocating it for that
+        shape; or None when the rows span two batches or the batch's tensor has
+        another row shape or dtype.
         """
+        element = np.dtype(np.uint8) if dtype is None else np.dtype(dtype)
 
-        def view(shape: tuple[int, int, int]) -> np.ndarray | None:
+        def view(shape: tuple[int, ...]) -> np.ndarray | None:
             batch, offset = divmod(first, self.batch_size)
             if offset + rows > self._rows_in(batch):
                 return None
             with self._lock:
                 slab = self._slabs.get((column, batch))
                 if slab is None:
-                    tensor = self.memory.empty((self._rows_in(batch), *shape), torch.uint8)
+                    kind = torch.from_numpy(np.empty(0, element)).dtype
+                    tensor = self.memory.empty((self._rows_in(batch), *shape), kind)
                     slab = self._slabs[column, batch] = _Slab(tensor)
             array = slab.tensor.numpy()
-            if array.shape[1:] != shape:
+            if array.shape[1:] != shape or array.dtype != element:
                 return None
             return array[offset : offset + rows]
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import anyio
 import numpy as np
+
+if TYPE_CHECKING:
+    from ._columns import ColumnInfo
 
 __all__ = ["Columns", "MemorySource", "Source"]
 
@@ -24,6 +27,11 @@ class Source(Protocol):
     must return, for every requested column, exactly one value per index, in
     the order requested. ``fetch`` may be called concurrently from many tasks
     of one event loop, on asyncio or trio.
+
+    Optional: ``column_info() -> {column: ColumnInfo}`` says what a column is
+    (kind, dtype, row shape) before anything is read. Batch mode stacks only
+    the columns it describes as numeric and fixed in shape (a geometry's images
+    and masks too); every other column is a list.
     """
 
     @property
@@ -72,6 +80,16 @@ class MemorySource:
     @property
     def columns(self) -> tuple[str, ...]:
         return tuple(self._arrays)
+
+    def column_info(self) -> dict[str, ColumnInfo]:
+        """Each column's dtype and row shape, from its array: numeric arrays stack."""
+        from ._columns import ColumnInfo
+
+        info = {}
+        for name, array in self._arrays.items():
+            text = array.dtype.kind in "OUS"
+            info[name] = ColumnInfo("text" if text else "array", array.dtype, array.shape[1:])
+        return info
 
     def __len__(self) -> int:
         return self._len

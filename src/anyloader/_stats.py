@@ -157,7 +157,10 @@ class EpochStats:
         decoded_rows: rows handed to anyloader's JPEG decoder (``decode="auto"``;
             the few it cannot reproduce exactly then go to deeplake).
         decode_seconds: CPU time the decode threads spent decoding them, summed
-            over threads (so it can exceed ``seconds``).
+            over threads (so it can exceed ``seconds``); with a geometry, placing
+            them too (crop, resize, flip).
+        boxes_dropped: boxes a geometry's crops left no area of, dropped with
+            their aligned entries (``anyloader.Boxes``).
         seconds: the epoch's duration, from the start of the iteration to its
             end (or to now, while it runs).
         cpu_seconds: CPU time of the process running the epoch over that
@@ -185,6 +188,7 @@ class EpochStats:
     timeouts: int = 0
     decoded_rows: int = 0
     decode_seconds: float = 0.0
+    boxes_dropped: int = 0
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     consumer_seconds: float = 0.0

@@ -160,7 +160,7 @@ async def open_stream(
     send, receive = anyio.create_memory_object_stream[Item](config.budget + 1)
     memory = BatchMemory(shared=False)
     slabs = batch_slabs(o, len(positions), memory)
-    handout = Handout(o, epoch=epoch, memory=memory, slabs=slabs)
+    handout = Handout(config, epoch=epoch, memory=memory, slabs=slabs)
     stream = SampleStream(receive, budget, handout, stats)
     body_error: BaseException | None = None
     try:
@@ -173,6 +173,7 @@ async def open_stream(
                 budget,
                 send,
                 hash((o.seed, epoch, shard)),
+                epoch,
                 slabs,
                 stats,
             )
@@ -203,6 +204,7 @@ async def _run(
     budget: RowBudget,
     send: MemoryObjectSendStream[Item],
     seed: int,
+    epoch: int,
     slabs: BatchSlabs | None,
     stats: EpochRecorder,
 ) -> None:
@@ -212,4 +214,6 @@ async def _run(
             send.send_nowait(item)
 
     with send:
-        await run_engine(config, groups, planned, budget, emit, seed=seed, slabs=slabs, stats=stats)
+        await run_engine(
+            config, groups, planned, budget, emit, seed=seed, epoch=epoch, slabs=slabs, stats=stats
+        )

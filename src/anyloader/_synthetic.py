@@ -1,16 +1,29 @@
 """Synthetic image/mask datasets that know their own row numbers.
 
-Each image is a smooth gradient with a few filled ellipses (compresses like a
-photo, not like noise); its mask marks the ellipses. Both carry the row number
-as a strip of 8x8 black/white blocks in the top-left corner, which survives
-JPEG, so a test can check that every image arrived with its own mask.
+Each image of :func:`make_pair` is a smooth gradient with a few filled
+ellipses (compresses like a photo, not like noise); its mask marks the
+ellipses. Both carry the row number as a strip of 8x8 black/white blocks in the
+top-left corner, which survives JPEG, so a test can check that every image
+arrived with its own mask.
+
+:func:`make_scene` makes rows of any size whose pairing survives any crop,
+resize or flip: the image is two tones of the row's own colours, bright where
+its mask is set and dark elsewhere, so :func:`scene_agreement` tells from a
+cropped image and mask alone that they belong together, and to that row.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ID_BITS", "create_image_mask_dataset", "make_pair", "read_row_id"]
+__all__ = [
+    "ID_BITS",
+    "create_image_mask_dataset",
+    "make_pair",
+    "make_scene",
+    "read_row_id",
+    "scene_agreement",
+]
 
 ID_BITS = 24
 _BLOCK = 8
@@ -67,12 +80,20 @@ def read_row_id(array: np.ndarray) -> int:
 
 
 def create_image_mask_dataset(
-    url: str, rows: int, *, size: int = 64, seed: int = 0, batch: int = 64
+    url: str,
+    rows: int,
+    *,
+    size: int = 64,
+    seed: int = 0,
+    batch: int = 64,
+    sizes: tuple[int, int] | None = None,
 ) -> None:
     """Create a deeplake dataset at ``url`` with ``rows`` image/mask pairs.
 
     Columns: ``images`` (JPEG, ``size x size x 3``) and ``masks`` (binary
-    mask, lz4). Row ``i`` holds ``make_pair(i, size, seed=seed)``.
+    mask, lz4). Row ``i`` holds ``make_pair(i, size, seed=seed)``. With
+    ``sizes=(lo, hi)`` row ``i`` is ``make_scene(i, h, w)`` instead, each side
+    drawn from ``[lo, hi]``: images of many sizes and aspect ratios.
 
     Raises:
         ValueError: if ``rows`` is negative, and whatever deeplake raises if
@@ -86,7 +107,56 @@ def create_image_mask_dataset(
     ds = deeplake.create(url)
     ds.add_column("images", types.Image(types.UInt8(), sample_compression="jpeg"))
     ds.add_column("masks", types.BinaryMask(sample_compression="lz4"))
+    shapes = np.random.default_rng([seed, 9]).integers(
+        sizes[0] if sizes else size, (sizes[1] if sizes else size) + 1, (rows, 2)
+    )
+
+    def pair(i: int) -> tuple[np.ndarray, np.ndarray]:
+        if sizes is None:
+            return make_pair(i, size, seed=seed)
+        return make_scene(i, int(shapes[i, 0]), int(shapes[i, 1]), seed=seed)
+
     for start in range(0, rows, batch):
-        pairs = [make_pair(i, size, seed=seed) for i in range(start, min(rows, start + batch))]
+        pairs = [pair(i) for i in range(start, min(rows, start + batch))]
         ds.append({"images": [p[0] for p in pairs], "masks": [p[1] for p in pairs]})
     ds.commit()
+
+
+def _scene_tones(row: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([seed, row, 7])
+    return rng.uniform(20, 70, 3), rng.uniform(180, 235, 3)
+
+
+def make_scene(
+    row: int, height: int, width: int, *, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row ``row``'s image (``height x width x 3`` uint8) and mask (``x 1`` bool), any size.
+
+    The image is the row's bright tone where the mask is set (one to four
+    ellipses) and its dark tone elsewhere, with a gentle gradient and grain.
+    """
+    rng = np.random.default_rng([seed, row, 8])
+    dark, bright = _scene_tones(row, seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    yy, xx = yy / height, xx / width
+    mask = np.zeros((height, width), bool)
+    for _ in range(int(rng.integers(1, 5))):
+        cy, cx = rng.uniform(0.2, 0.8, 2)
+        ry, rx = rng.uniform(0.08, 0.3, 2)
+        mask |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+    image = np.where(mask[..., None], bright, dark).astype(np.float32)
+    image += (yy[..., None] - 0.5) * rng.uniform(-20, 20, 3).astype(np.float32)
+    image += rng.normal(0, 3, image.shape).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8), mask[..., None]
+
+
+def scene_agreement(image: np.ndarray, mask: np.ndarray, row: int, *, seed: int = 0) -> float:
+    """Share of pixels whose colour is row ``row``'s tone for its mask value (0..1).
+
+    Near 1 for a scene's image and mask placed alike (edges blur a little);
+    far lower for another row's image or mask, or a mask placed elsewhere.
+    """
+    dark, bright = _scene_tones(row, seed)
+    expected = np.where(np.asarray(mask).reshape(*np.shape(mask)[:2], 1), bright, dark)
+    distance = np.abs(np.asarray(image, dtype=np.float32) - expected).sum(axis=-1)
+    return float(np.mean(distance < 90))

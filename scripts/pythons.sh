@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Run the core of the suite on every other Python that pyproject.toml claims
+# (3.10, 3.12, 3.13; the whole suite runs on 3.11 in scripts/test.sh).
+#
+# Only Python 3.11 has a CPU build of torch on this machine's disk; for the
+# others PyPI has only torch's CUDA build, whose import needs NVIDIA's libraries
+# (about 2.5 GB of wheels, used here on the CPU). uv installs them once into its
+# cache and hardlinks them into each .venv-3.X (pip would unpack 4.7 GB a venv),
+# leaving out what torch never loads on the CPU (scripts/cpu-only-excludes.txt).
+# Idempotent: a venv is rebuilt only when pyproject.toml or this script change.
+# An interpreter that is not installed is reported and skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+uv=.venv/bin/uv  # from the test extra (scripts/setup.sh test)
+export SSL_CERT_FILE=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}  # uv ignores pip.conf
+# Compiled bytecode makes each torch import (every test, worker and rank) 2-3x faster.
+unset PYTHONDONTWRITEBYTECODE
+
+# The core: the plan and its order, checkpoint state, the lifecycle models, Ctrl-C,
+# batch memory, decoding, and epochs through real DataLoader worker processes.
+core=(
+    tests/test_plan.py
+    tests/test_order.py
+    tests/test_state.py
+    tests/test_lifecycle_model.py
+    tests/test_loader_model.py
+    tests/test_batch_memory.py
+    tests/test_decode.py
+    tests/test_epochs.py
+    tests/test_lifecycle.py::test_ctrl_c_stops_the_epoch_and_the_process_exits_cleanly
+    tests/test_regressions_16.py
+)
+
+find_python() {
+    local version=$1 found
+    if command -v "python$version" >/dev/null 2>&1; then
+        command -v "python$version"
+        return
+    fi
+    for found in "$HOME"/.pyenv/versions/"$version".*/bin/python; do
+        [ -x "$found" ] && { echo "$found"; return; }
+    done
+    return 1
+}
+
+status=0
+for version in 3.10 3.12 3.13; do
+    if ! python=$(find_python "$version"); then
+        echo "pythons: python$version is not installed: not tested"
+        continue
+    fi
+    venv=.venv-$version
+    stamp=$venv/anyloader-setup.stamp
+    hash=$(cat pyproject.toml scripts/pythons.sh scripts/cpu-only-excludes.txt | sha256sum | cut -d' ' -f1)
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$hash" ]; then
+        echo "pythons: setting up $venv ($python)"
+        "$uv" venv -q --allow-existing -p "$python" "$venv"
+        "$uv" pip install -q -p "$venv/bin/python" --excludes scripts/cpu-only-excludes.txt \
+            "torch==2.13.0" -e ".[core-test]"
+        echo "$hash" > "$stamp"
+    fi
+    echo "pythons: the core suite on $("$venv/bin/python" --version)"
+    "$venv/bin/python" -m pytest -q -p no:cacheprovider "${core[@]}" || status=1
+done
+exit $status
