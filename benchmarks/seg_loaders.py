@@ -1,0 +1,200 @@
+"""The segmentation benchmark's loaders, each as a generator of batches.
+
+A :class:`SegSpec` names one configuration; :func:`batches` runs it over an
+open deeplake dataset and yields dicts with ``index`` (the rows of the batch,
+for the exactly-once check) and, except for the ceiling, ``images`` uint8
+``(n, 256, 256, 3)`` and ``masks`` bool ``(n, 256, 256, 1)``, ragged columns
+as lists. Every loader batches 32 rows; closing the generator closes the
+DataLoader iterator, which joins its workers inside the measured window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .seg_augment import HFLIP, OUT, SCALE, augment_sample, collate
+
+__all__ = ["FAMILIES", "SWEEP", "SegSpec", "batches", "default_specs"]
+
+#: Families in report order; the report keeps the best setting of ``spdl`` and ``ceiling``.
+FAMILIES = (
+    "deeplake-pytorch",
+    "batched-read",
+    "spdl",
+    "anyloader-python-transform",
+    "anyloader-geometry",
+    "ceiling",
+)
+#: Batch-mode ``(fetch_size, concurrency)`` beside the defaults, ``(1, 64)``, which
+#: ``anyloader-geometry-batch`` runs.
+SWEEP = ((4, 32), (8, 16), (16, 8), (32, 4))
+#: SPDL ``(rows per request, requests in flight, decode threads)``; a short tuning on
+#: the COCO-like and 256/1024 px datasets kept these two (DESIGN.md: 8 x 16 was best).
+SPDL = ((8, 16, 2), (16, 8, 3))
+#: Ceiling ``(rows per request, requests in flight)``; decode on one thread per core.
+CEILING = ((8, 16), (16, 8))
+
+
+@dataclass(frozen=True)
+class SegSpec:
+    """One loader configuration; ``name`` is unique and is what reports show."""
+
+    name: str
+    family: str
+    workers: int = 0
+    #: Rows per request and requests in flight (anyloader's ``fetch_size`` and
+    #: ``concurrency``, SPDL's and the ceiling's); 0 = the loader's default.
+    fetch_size: int = 0
+    inflight: int = 0
+    #: Decode threads (SPDL).
+    threads: int = 0
+    #: anyloader with ``geometry=``: batch mode (``batch_size=32``) or per sample.
+    batched: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SegSpec:
+        return cls(**data)
+
+
+def default_specs(quick: bool = False) -> list[SegSpec]:
+    """The line-up (``quick``: one setting of each sweep)."""
+    geometry = "anyloader-geometry"
+    specs = [SegSpec(f"deeplake-pytorch-w{w}", "deeplake-pytorch", workers=w) for w in (2, 4)]
+    specs += [SegSpec(f"batched-read-w{w}", "batched-read", workers=w) for w in (2, 4)]
+    specs += [
+        SegSpec(f"spdl-f{f}x{n}-t{t}", "spdl", fetch_size=f, inflight=n, threads=t)
+        for f, n, t in SPDL[: 1 if quick else None]
+    ]
+    specs += [
+        SegSpec("anyloader-python-transform", "anyloader-python-transform"),
+        SegSpec("anyloader-geometry-batch", geometry, batched=True),
+        SegSpec("anyloader-geometry-sample", geometry),
+    ]
+    specs += [
+        SegSpec(f"anyloader-geometry-batch-f{f}x{c}", geometry, fetch_size=f, inflight=c, batched=True)
+        for f, c in (SWEEP[1:2] if quick else SWEEP)
+    ]
+    specs += [
+        SegSpec(f"ceiling-f{f}x{n}", "ceiling", fetch_size=f, inflight=n)
+        for f, n in CEILING[: 1 if quick else None]
+    ]
+    return specs
+
+
+class _RowTransform:
+    """``ds.pytorch``'s transform: the row's columns as a sample, augmented (picklable)."""
+
+    def __init__(self, columns: list[str]) -> None:
+        self.columns = columns
+
+    def __call__(self, row: Any) -> dict[str, Any]:
+        sample = {c: row[c] for c in self.columns}
+        sample["index"] = row.row_id
+        return augment_sample(sample)
+
+
+class BatchedRead:
+    """The 15-line batched read: ``ds[column][rows]`` per column for the DataLoader's batch.
+
+    A map-style dataset (``torch.utils.data.Dataset`` protocol); torch's fetcher
+    calls ``__getitems__`` with a batch's indices, deeplake decodes the batch in
+    its C++ core, then each row is augmented in Python.
+    """
+
+    def __init__(self, ds: Any, columns: list[str]) -> None:
+        self.ds = ds
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        rows = list(indices)
+        values = {c: self.ds[c][rows] for c in self.columns}
+        return [
+            augment_sample({**{c: values[c][i] for c in self.columns}, "index": row})
+            for i, row in enumerate(rows)
+        ]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])[0]
+
+
+def _iterate(loader: Any) -> Iterator[dict[str, Any]]:
+    iterator = iter(loader)
+    try:
+        yield from iterator
+    finally:
+        # Dropping the last reference shuts the workers down and reaps them now,
+        # inside the measured window, not at interpreter exit.
+        del iterator
+
+
+def _anyloader(spec: SegSpec, ds: Any, columns: list[str], batch_size: int) -> Any:
+    import anyloader
+
+    options: dict[str, Any] = {"backend": "asyncio", "return_index": True}
+    if spec.family == "anyloader-python-transform":
+        dataset = anyloader.AsyncDataset(ds, columns, transform=augment_sample, **options)
+        # anyloader's collate lists the images (the source's are of many sizes, and
+        # it decides before the transform): ours stacks them like every other loader's.
+        return anyloader.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+    options["geometry"] = anyloader.RandomResizedCrop((OUT, OUT), scale=SCALE, hflip=HFLIP)
+    if "boxes" in columns:
+        options["boxes"] = [anyloader.Boxes("boxes", "xyxy")]
+    if spec.fetch_size:
+        options["fetch_size"] = spec.fetch_size
+    if spec.inflight:
+        options["concurrency"] = spec.inflight
+    if spec.batched:
+        return anyloader.DataLoader(
+            anyloader.AsyncDataset(ds, columns, batch_size=batch_size, **options)
+        )
+    return anyloader.DataLoader(anyloader.AsyncDataset(ds, columns, **options), batch_size=batch_size)
+
+
+def batches(
+    spec: SegSpec, ds: Any, columns: list[str], batch_size: int
+) -> Iterator[dict[str, Any]]:
+    """Run ``spec`` over the open dataset ``ds``, reading ``columns``; yield its batches.
+
+    Raises:
+        ValueError: ``spec.family`` is unknown.
+        Exception: whatever the loader raises while reading.
+    """
+    from torch.utils.data import DataLoader
+
+    if spec.family == "deeplake-pytorch":
+        return _iterate(
+            DataLoader(
+                ds.pytorch(transform=_RowTransform(columns)),
+                batch_size=batch_size,
+                num_workers=spec.workers,
+                collate_fn=collate,
+            )
+        )
+    if spec.family == "batched-read":
+        return _iterate(
+            DataLoader(
+                BatchedRead(ds, columns),  # type: ignore[arg-type]
+                batch_size=batch_size,
+                num_workers=spec.workers,
+                collate_fn=collate,
+            )
+        )
+    if spec.family.startswith("anyloader"):
+        return _iterate(_anyloader(spec, ds, columns, batch_size))
+    if spec.family == "spdl":
+        from .seg_fetch import spdl_batches
+
+        return spdl_batches(ds, columns, batch_size, spec.fetch_size, spec.inflight, spec.threads)
+    if spec.family == "ceiling":
+        from .seg_fetch import ceiling_groups
+
+        return ceiling_groups(ds, columns, spec.fetch_size, spec.inflight)
+    raise ValueError(f"unknown loader family {spec.family!r}; known: {FAMILIES}")
