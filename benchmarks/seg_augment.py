@@ -121,7 +121,9 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for name in samples[0]:
         values = [s[name] for s in samples]
         if name in STACKED:
-            batch[name] = torch.stack([torch.as_tensor(v) for v in values])
+            batch[name] = torch.stack(
+                [v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v)) for v in values]
+            )
         else:
             batch[name] = values
     return batch

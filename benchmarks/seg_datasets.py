@@ -60,7 +60,7 @@ class SegData:
 def default_datasets(quick: bool, rows: int | None = None) -> list[SegData]:
     """The line-up: COCO-like and 64-1024 px (1024 px with half the rows), or tiny ``quick``."""
     if quick:
-        n = rows or 96
+        n = rows or 64
         return [SegData(n), SegData(n, 64), SegData(n, 256)]
     n = rows or 2000
     big = max(1, n // 2)  # 1024 px rows decode ~7 ms each in the slowest peers

@@ -10,8 +10,9 @@ what carries the work:
 :func:`spdl_batches`
     Meta's SPDL (``spdl.pipeline``, pure Python; ``spdl.io`` needs system
     FFmpeg and is not used), built as its docs suggest: a source of row
-    groups, an async stage that awaits deeplake's futures on SPDL's event loop
-    (``requests in flight`` at once), the decode stage in a thread pool
+    groups, an async stage that awaits deeplake's futures natively on SPDL's
+    asyncio loop (``requests in flight`` at once; measured a little cheaper than
+    polling ``is_completed()``), the decode stage in a thread pool
     (``decode threads``), aggregation to whole batches and a collate that
     concatenates the groups into batch tensors.
 :func:`ceiling_groups`
@@ -22,7 +23,6 @@ what carries the work:
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from collections.abc import Iterator, Sequence
@@ -52,13 +52,6 @@ def _place(columns: Sequence[str], rows: list[int], values: dict[str, Any]) -> d
     image = columns[0]
     rest = {c: v for c, v in values.items() if c != image}
     return {**place_group(values[image], rest), "index": rows}
-
-
-async def _completed(future: Any) -> Any:
-    """A deeplake future's value, polled on the event loop (no thread waits on it)."""
-    while not future.is_completed():
-        await asyncio.sleep(_POLL_S)
-    return future.result()
 
 
 def _concat(groups: list[dict[str, Any]]) -> dict[str, Any]:
@@ -95,7 +88,8 @@ def spdl_batches(
 
     async def fetch(rows: list[int]) -> tuple[list[int], dict[str, Any]]:
         futures = _requests(ds, columns, rows)
-        return rows, {c: await _completed(f) for c, f in futures.items()}
+        # deeplake's futures are awaitable under asyncio (SPDL's loop): no thread waits.
+        return rows, {c: await f for c, f in futures.items()}
 
     def place(fetched: tuple[list[int], dict[str, Any]]) -> dict[str, Any]:
         return _place(columns, *fetched)

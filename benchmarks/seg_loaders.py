@@ -52,6 +52,8 @@ class SegSpec:
     threads: int = 0
     #: anyloader with ``geometry=``: batch mode (``batch_size=32``) or per sample.
     batched: bool = False
+    #: ``torch.set_num_threads`` before the run (0 = torch's default: a thread per core).
+    torch_threads: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,16 +66,21 @@ class SegSpec:
 def default_specs(quick: bool = False) -> list[SegSpec]:
     """The line-up (``quick``: one setting of each sweep)."""
     geometry = "anyloader-geometry"
-    specs = [SegSpec(f"deeplake-pytorch-w{w}", "deeplake-pytorch", workers=w) for w in (2, 4)]
-    specs += [SegSpec(f"batched-read-w{w}", "batched-read", workers=w) for w in (2, 4)]
+    workers = (2,) if quick else (2, 4)
+    specs = [SegSpec(f"deeplake-pytorch-w{w}", "deeplake-pytorch", workers=w) for w in workers]
+    specs += [SegSpec(f"batched-read-w{w}", "batched-read", workers=w) for w in workers]
     specs += [
         SegSpec(f"spdl-f{f}x{n}-t{t}", "spdl", fetch_size=f, inflight=n, threads=t)
         for f, n, t in SPDL[: 1 if quick else None]
     ]
+    # Per sample, the training thread's torch ops (the transform, the collate's
+    # stack) run OpenMP teams that fight the decode threads: also with one thread.
     specs += [
         SegSpec("anyloader-python-transform", "anyloader-python-transform"),
+        SegSpec("anyloader-python-transform-t1", "anyloader-python-transform", torch_threads=1),
         SegSpec("anyloader-geometry-batch", geometry, batched=True),
         SegSpec("anyloader-geometry-sample", geometry),
+        SegSpec("anyloader-geometry-sample-t1", geometry, torch_threads=1),
     ]
     specs += [
         SegSpec(f"anyloader-geometry-batch-f{f}x{c}", geometry, fetch_size=f, inflight=c, batched=True)

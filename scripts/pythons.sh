@@ -32,13 +32,14 @@ core=(
 )
 
 find_python() {
-    local version=$1 found
-    if command -v "python$version" >/dev/null 2>&1; then
-        command -v "python$version"
-        return
-    fi
-    for found in "$HOME"/.pyenv/versions/"$version".*/bin/python; do
-        [ -x "$found" ] && { echo "$found"; return; }
+    # A pyenv install, else one on PATH; a candidate must really run (a pyenv shim
+    # for a version that is not selected does not).
+    local version=$1 candidate
+    for candidate in "$HOME"/.pyenv/versions/"$version".*/bin/python "$(command -v "python$version" || true)"; do
+        if [ -n "$candidate" ] && [ -x "$candidate" ] && "$candidate" -c "" >/dev/null 2>&1; then
+            echo "$candidate"
+            return
+        fi
     done
     return 1
 }

@@ -126,14 +126,24 @@ def test_ddp_example_trains_an_epoch_under_torchrun(tmp_path: Path) -> None:
 
 
 def elastic_rank_main(
-    rank: int, world_size: int, port: int, url: str, out: str, phase: str, state: str
+    rank: int,
+    world_size: int,
+    port: int,
+    url: str,
+    out: str,
+    phase: str,
+    state: str,
+    ordered: bool = True,
 ) -> None:
     """One rank of a cluster: 2 ranks that stop mid-epoch, or 3 that resume."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        ds = AsyncDataset(url, columns=["masks"], shuffle=True, seed=3, return_index=True)
-        workers, start = (2, "fork") if phase == "stop" else (2, "spawn")
+        ds = AsyncDataset(
+            url, columns=["masks"], shuffle=True, seed=3, return_index=True, ordered=ordered
+        )
+        # Spawned workers resume the ordered run; fork keeps the unordered one quick.
+        workers, start = (2, "fork") if phase == "stop" or not ordered else (2, "spawn")
         loader = anyloader.DataLoader(
             ds, batch_size=3, num_workers=workers, multiprocessing_context=start
         )
@@ -143,8 +153,10 @@ def elastic_rank_main(
                 rows += batch["index"].tolist()
                 if step == 4:  # ranks step in lockstep, as DDP does: each stops after 5
                     break
+            # Every rank calls it: with ordered=False it gathers the ranks' out-of-order rows.
+            saved = loader.state_dict()
             if rank == 0:  # one rank's state describes every rank
-                Path(state).write_text(json.dumps(loader.state_dict()))
+                Path(state).write_text(json.dumps(saved))
         else:
             loader.load_state_dict(json.loads(Path(state).read_text()))
             expected = len(loader)
@@ -159,15 +171,16 @@ def elastic_rank_main(
         dist.destroy_process_group()
 
 
+@pytest.mark.parametrize("ordered", [True, False])
 def test_two_ranks_stop_mid_epoch_and_three_ranks_with_spawn_workers_resume(
-    pairs_url: str, tmp_path: Path
+    pairs_url: str, tmp_path: Path, ordered: bool
 ) -> None:
     state = str(tmp_path / "state.json")
     before, after = tmp_path / "before.json", tmp_path / "after.json"
     for world_size, phase, out in [(2, "stop", before), (3, "resume", after)]:
         mp.spawn(
             elastic_rank_main,
-            args=(world_size, free_port(), pairs_url, str(out), phase, state),
+            args=(world_size, free_port(), pairs_url, str(out), phase, state, ordered),
             nprocs=world_size,
             join=True,
         )
