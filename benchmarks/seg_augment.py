@@ -122,7 +122,10 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         values = [s[name] for s in samples]
         if name in STACKED:
             batch[name] = torch.stack(
-                [v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v)) for v in values]
+                [
+                    v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v))
+                    for v in values
+                ]
             )
         else:
             batch[name] = values

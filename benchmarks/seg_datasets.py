@@ -113,7 +113,9 @@ def _create(data: SegData, url: str) -> None:
             lo, hi = COCO_SIDES
             h, w = (data.size, data.size) if data.size else map(int, rng.integers(lo, hi + 1, 2))
             image, mask = photo(rng, h, w)
-            batch["images"].append(simplejpeg.encode_jpeg(image, quality=90, colorsubsampling="420"))
+            batch["images"].append(
+                simplejpeg.encode_jpeg(image, quality=90, colorsubsampling="420")
+            )
             batch["masks"].append(mask)
             if not data.size:
                 batch["label"].append(int(rng.integers(0, 80)))

@@ -11,9 +11,10 @@ DataLoader iterator, which joins its workers inside the measured window.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
+from .loaders import LoaderSpec
 from .seg_augment import HFLIP, OUT, SCALE, augment_sample, collate
 
 __all__ = ["FAMILIES", "SWEEP", "SegSpec", "batches", "default_specs"]
@@ -38,29 +39,17 @@ CEILING = ((8, 16), (16, 8))
 
 
 @dataclass(frozen=True)
-class SegSpec:
-    """One loader configuration; ``name`` is unique and is what reports show."""
+class SegSpec(LoaderSpec):
+    """One loader configuration: ``benchmarks.run``'s, plus SPDL's decode threads.
 
-    name: str
-    family: str
-    workers: int = 0
-    #: Rows per request and requests in flight (anyloader's ``fetch_size`` and
-    #: ``concurrency``, SPDL's and the ceiling's); 0 = the loader's default.
-    fetch_size: int = 0
-    inflight: int = 0
+    ``name`` is unique and is what reports show. anyloader takes ``fetch_size``
+    and ``concurrency`` (and ``batched``, ``torch_threads``) as ``LoaderSpec``
+    says; SPDL and the ceiling take ``fetch_size`` rows a request with
+    ``inflight`` requests outstanding.
+    """
+
     #: Decode threads (SPDL).
     threads: int = 0
-    #: anyloader with ``geometry=``: batch mode (``batch_size=32``) or per sample.
-    batched: bool = False
-    #: ``torch.set_num_threads`` before the run (0 = torch's default: a thread per core).
-    torch_threads: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> SegSpec:
-        return cls(**data)
 
 
 def default_specs(quick: bool = False) -> list[SegSpec]:
@@ -75,15 +64,23 @@ def default_specs(quick: bool = False) -> list[SegSpec]:
     ]
     # Per sample, the training thread's torch ops (the transform, the collate's
     # stack) run OpenMP teams that fight the decode threads: also with one thread.
+    python, asyncio = "anyloader-python-transform", "asyncio"
     specs += [
-        SegSpec("anyloader-python-transform", "anyloader-python-transform"),
-        SegSpec("anyloader-python-transform-t1", "anyloader-python-transform", torch_threads=1),
-        SegSpec("anyloader-geometry-batch", geometry, batched=True),
-        SegSpec("anyloader-geometry-sample", geometry),
-        SegSpec("anyloader-geometry-sample-t1", geometry, torch_threads=1),
+        SegSpec(python, python, backend=asyncio),
+        SegSpec(f"{python}-t1", python, backend=asyncio, torch_threads=1),
+        SegSpec(f"{geometry}-batch", geometry, backend=asyncio, batched=True),
+        SegSpec(f"{geometry}-sample", geometry, backend=asyncio),
+        SegSpec(f"{geometry}-sample-t1", geometry, backend=asyncio, torch_threads=1),
     ]
     specs += [
-        SegSpec(f"anyloader-geometry-batch-f{f}x{c}", geometry, fetch_size=f, inflight=c, batched=True)
+        SegSpec(
+            f"{geometry}-batch-f{f}x{c}",
+            geometry,
+            backend=asyncio,
+            batched=True,
+            fetch_size=f,
+            concurrency=c,
+        )
         for f, c in (SWEEP[1:2] if quick else SWEEP)
     ]
     specs += [
@@ -145,7 +142,8 @@ def _iterate(loader: Any) -> Iterator[dict[str, Any]]:
 def _anyloader(spec: SegSpec, ds: Any, columns: list[str], batch_size: int) -> Any:
     import anyloader
 
-    options: dict[str, Any] = {"backend": "asyncio", "return_index": True}
+    # backend, batch_size (batch mode), fetch_size and concurrency as the spec sets them.
+    options = {**spec.anyloader_options(batch_size), "return_index": True}
     if spec.family == "anyloader-python-transform":
         dataset = anyloader.AsyncDataset(ds, columns, transform=augment_sample, **options)
         # anyloader's collate lists the images (the source's are of many sizes, and
@@ -154,15 +152,9 @@ def _anyloader(spec: SegSpec, ds: Any, columns: list[str], batch_size: int) -> A
     options["geometry"] = anyloader.RandomResizedCrop((OUT, OUT), scale=SCALE, hflip=HFLIP)
     if "boxes" in columns:
         options["boxes"] = [anyloader.Boxes("boxes", "xyxy")]
-    if spec.fetch_size:
-        options["fetch_size"] = spec.fetch_size
-    if spec.inflight:
-        options["concurrency"] = spec.inflight
-    if spec.batched:
-        return anyloader.DataLoader(
-            anyloader.AsyncDataset(ds, columns, batch_size=batch_size, **options)
-        )
-    return anyloader.DataLoader(anyloader.AsyncDataset(ds, columns, **options), batch_size=batch_size)
+    dataset = anyloader.AsyncDataset(ds, columns, **options)
+    # Batch mode: the dataset yields whole batches (anyloader.DataLoader passes them on).
+    return anyloader.DataLoader(dataset, batch_size=None if spec.batched else batch_size)
 
 
 def batches(

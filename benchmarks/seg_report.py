@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import report
 from .report import _fmt, _median, _ratio
 from .seg_loaders import FAMILIES
 
@@ -36,7 +37,7 @@ TARGETS: tuple[tuple[str, tuple[str, ...], str, float, str], ...] = (
      "x_torch_peers", 2.5, "min"),
     ("geometry batch mode vs SPDL", ("coco-like",), "x_spdl", 1.3, "min"),
     ("geometry batch mode vs the ceiling", ("coco-like",), "of_ceiling", 0.85, "min"),
-    ("geometry batch mode CPU ms per row (256 px out)", ("coco-like",), "cpu_ms_per_row", 0.8,
+    ("geometry batch mode CPU ms per row (256 px out)", ("coco-like",), "cpu_ms_per_sample", 0.8,
      "max"),
     ("best anyloader setting vs best batched read", FIXED_SIZES, "best_x_batched_read", 1.3,
      "min"),
@@ -48,54 +49,50 @@ TARGETS: tuple[tuple[str, tuple[str, ...], str, float, str], ...] = (
 def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (dataset, store, loader): medians over its successful runs.
 
-    ``spdl`` and ``ceiling`` appear once each, as their best setting (``setting``).
-    ``missing`` and ``repeated`` are the worst over runs (rows not delivered,
-    rows delivered more than once).
+    ``benchmarks.report.summarize``'s medians per dataset (``samples_per_s``
+    counts rows), plus the time to the first 200 rows and the worst
+    ``missing`` and ``repeated`` over runs (rows not delivered, rows delivered
+    more than once). ``spdl`` and ``ceiling`` appear once each, as their best
+    setting (``setting``).
     """
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for run in runs:
-        groups.setdefault((run["dataset"], run["store"], run["loader"]), []).append(run)
     rows = []
-    for (dataset, store, loader), group in groups.items():
-        ok = [r for r in group if r.get("ok")]
-        rows.append(
-            {
-                "dataset": dataset,
-                "store": store,
-                "loader": loader,
-                "family": group[0]["family"],
-                "runs": len(group),
-                "ok_runs": len(ok),
-                "clean_exits": sum(1 for r in group if r.get("clean_exit")),
-                "exits": sorted({r["exit"] for r in group}),
-                "rows_per_s": _median(r["rows_per_s"] for r in ok),
-                "cpu_ms_per_row": _median(r["cpu_ms_per_row"] for r in ok),
-                "first_batch_s": _median(r["first_batch_s"] for r in ok),
-                "first_rows_s": _median(r["first_rows_s"] for r in ok),
-                "peak_rss_mib": _median(r["peak_rss_bytes"] / 2**20 for r in ok),
-                "missing": max((r["missing"] for r in ok), default=None),
-                "repeated": max((r["repeated"] for r in ok), default=None),
-                "images": ok[0]["images"] if ok else None,
-                "masks": ok[0]["masks"] if ok else None,
-            }
-        )
+    for dataset in sorted({r["dataset"] for r in runs}):
+        mine = [r for r in runs if r["dataset"] == dataset]
+        for row in report.summarize(mine):
+            ok = [
+                r
+                for r in mine
+                if (r["store"], r["loader"]) == (row["store"], row["loader"]) and r.get("ok")
+            ]
+            rows.append(
+                {
+                    "dataset": dataset,
+                    # the ratios to benchmarks.run's references do not apply here
+                    **{k: v for k, v in row.items() if not k.startswith(("x_", "of_"))},
+                    "first_rows_s": _median(r["first_rows_s"] for r in ok),
+                    "missing": max((r["missing"] for r in ok), default=None),
+                    "repeated": max((r["repeated"] for r in ok), default=None),
+                    "images": ok[0]["images"] if ok else None,
+                    "masks": ok[0]["masks"] if ok else None,
+                }
+            )
     out = [r for r in rows if r["family"] not in FOLDED]
     for key in sorted({(r["dataset"], r["store"], r["family"]) for r in rows}):
         if key[2] in FOLDED:
             settings = [r for r in rows if (r["dataset"], r["store"], r["family"]) == key]
-            best = max(settings, key=lambda r: r["rows_per_s"] or 0.0)
+            best = max(settings, key=lambda r: r["samples_per_s"] or 0.0)
             out.append({**best, "loader": key[2], "setting": best["loader"]})
     order = {f: i for i, f in enumerate(FAMILIES)}
     return sorted(out, key=lambda r: (r["dataset"], r["store"], order[r["family"]], r["loader"]))
 
 
 def _best(rows: Sequence[dict[str, Any]], families: Sequence[str]) -> dict[str, Any] | None:
-    found = [r for r in rows if r["family"] in families and r["rows_per_s"]]
-    return max(found, key=lambda r: r["rows_per_s"], default=None)
+    found = [r for r in rows if r["family"] in families and r["samples_per_s"]]
+    return max(found, key=lambda r: r["samples_per_s"], default=None)
 
 
 def _rate(row: dict[str, Any] | None) -> float | None:
-    return None if row is None else row["rows_per_s"]
+    return None if row is None else row["samples_per_s"]
 
 
 def ratios(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -117,7 +114,7 @@ def ratios(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "dataset": dataset,
                 "store": store,
                 "defaults_rows_per_s": rate,
-                "cpu_ms_per_row": None if defaults is None else defaults["cpu_ms_per_row"],
+                "cpu_ms_per_sample": None if defaults is None else defaults["cpu_ms_per_sample"],
                 **{f"x_{k}": _ratio(rate, v) for k, v in peers.items()},
                 "of_ceiling": _ratio(rate, ceiling),
                 "best": None if best is None else best["loader"],
@@ -168,7 +165,11 @@ def _name(r: dict[str, Any]) -> str:
 def _rows_ok(r: dict[str, Any]) -> str:
     if r["missing"] is None:
         return "-"
-    return "yes" if r["missing"] == r["repeated"] == 0 else f"{r['missing']} missing, {r['repeated']} twice"
+    return (
+        "yes"
+        if r["missing"] == r["repeated"] == 0
+        else f"{r['missing']} missing, {r['repeated']} twice"
+    )
 
 
 def medians_table(summary: Sequence[dict[str, Any]]) -> str:
@@ -180,8 +181,8 @@ def medians_table(summary: Sequence[dict[str, Any]]) -> str:
     lines = [head, "|" + "---|" * 10]
     for r in sorted(summary, key=lambda r: _place((r["dataset"], r["store"]))):
         lines.append(
-            f"| {r['dataset']} | {r['store']} | {_name(r)} | {_fmt(r['rows_per_s'], '.0f')} "
-            f"| {_fmt(r['cpu_ms_per_row'], '.2f')} | {_fmt(r['first_batch_s'], '.2f')} "
+            f"| {r['dataset']} | {r['store']} | {_name(r)} | {_fmt(r['samples_per_s'], '.0f')} "
+            f"| {_fmt(r['cpu_ms_per_sample'], '.2f')} | {_fmt(r['first_batch_s'], '.2f')} "
             f"| {_fmt(r['first_rows_s'], '.2f')} | {_fmt(r['peak_rss_mib'], '.0f')} "
             f"| {_rows_ok(r)} | {r['clean_exits']}/{r['runs']} |"
         )
@@ -197,12 +198,12 @@ def ratios_table(table: Sequence[dict[str, Any]]) -> str:
     )
     lines = [head, "|" + "---|" * 12]
     for r in table:
+        x = {k: _fmt(r[k], ".2f", "x") for k in r if "_x_" in k or k.startswith("x_")}
         lines.append(
             f"| {r['dataset']} | {r['store']} | {_fmt(r['defaults_rows_per_s'], '.0f')} "
-            f"| {_fmt(r['x_torch_peers'], '.2f', 'x')} | {_fmt(r['x_batched_read'], '.2f', 'x')} "
-            f"| {_fmt(r['x_spdl'], '.2f', 'x')} | {_pct(r['of_ceiling'])} | {r['best'] or '-'} "
-            f"| {_fmt(r['best_x_batched_read'], '.2f', 'x')} | {_fmt(r['best_x_spdl'], '.2f', 'x')} "
-            f"| {_pct(r['best_of_ceiling'])} | {_pct(r['defaults_of_best'])} |"
+            f"| {x['x_torch_peers']} | {x['x_batched_read']} | {x['x_spdl']} "
+            f"| {_pct(r['of_ceiling'])} | {r['best'] or '-'} | {x['best_x_batched_read']} "
+            f"| {x['best_x_spdl']} | {_pct(r['best_of_ceiling'])} | {_pct(r['defaults_of_best'])} |"
         )
     return "\n".join(lines)
 
@@ -288,9 +289,7 @@ def plot(summary: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     stores = sorted({r["store"] for r in summary}, key=lambda s: s != "local")
-    fig, axes = plt.subplots(
-        len(stores), 2, figsize=(13, 3.8 * len(stores) + 1.2), squeeze=False
-    )
+    fig, axes = plt.subplots(len(stores), 2, figsize=(13, 3.8 * len(stores) + 1.2), squeeze=False)
     for row_axes, store in zip(axes, stores, strict=True):
         keys = sorted({(r["dataset"], store) for r in summary if r["store"] == store}, key=_place)
         names = [k[0] for k in keys]

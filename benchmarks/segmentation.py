@@ -115,7 +115,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         wanted = args.datasets.split(",")
         unknown = set(wanted) - {d.name for d in args.data}
         if unknown:
-            parser.error(f"unknown dataset(s) {sorted(unknown)}; known: {[d.name for d in args.data]}")
+            parser.error(
+                f"unknown dataset(s) {sorted(unknown)}; known: {[d.name for d in args.data]}"
+            )
         args.data = [d for d in args.data if d.name in wanted]
     try:
         args.specs = select(default_specs(args.quick), args.loaders)

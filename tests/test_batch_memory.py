@@ -6,6 +6,7 @@ import gc
 from typing import Any
 
 import torch
+from _budget import examples
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -78,7 +79,9 @@ class ReuseMachine(RuleBasedStateMachine):
                 assert bool((data == value).all()), "a live batch's memory was handed out again"
 
 
-ReuseMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=30, deadline=None)
+ReuseMachine.TestCase.settings = settings(
+    max_examples=examples(80), stateful_step_count=30, deadline=None
+)
 test_memory_is_reused_only_when_nothing_reads_it = ReuseMachine.TestCase
 
 

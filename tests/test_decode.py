@@ -19,6 +19,7 @@ import deeplake
 import numpy as np
 import pytest
 import simplejpeg
+from _budget import examples
 from deeplake import types
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -94,7 +95,9 @@ image_specs = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=200, deadline=None)  # deadline=None: disk timing on a shared machine
+@settings(
+    max_examples=examples(200), deadline=None
+)  # deadline=None: disk timing on a shared machine
 @given(specs=st.lists(image_specs, min_size=1, max_size=6), seed=st.integers(0, 2**32 - 1))
 def test_exact_decode_equals_deeplake(
     tmp_path_factory: pytest.TempPathFactory, specs: list[dict[str, Any]], seed: int
@@ -277,7 +280,7 @@ def test_dct_reduction_picks_the_smallest_scale_that_covers_the_target(
     assert dct_reduction(*size, target) == expected
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     height=st.integers(1, 5000),
     width=st.integers(1, 5000),

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _budget import examples
 from _doubles import rows_source
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -96,7 +97,7 @@ def test_state_dict_refuses_to_guess_what_workers_did() -> None:
 # --- the schedule's transitions, as a pure value --------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     num_workers=st.integers(1, 4),
     iterations=st.integers(1, 5),

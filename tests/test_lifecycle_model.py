@@ -24,6 +24,7 @@ import anyio
 import anyio.lowlevel
 import numpy as np
 import pytest
+from _budget import examples
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -220,7 +221,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.close()
 
 
-SETTINGS = settings(max_examples=60, stateful_step_count=20, deadline=None)
+SETTINGS = settings(max_examples=examples(60), stateful_step_count=20, deadline=None)
 
 
 @SETTINGS

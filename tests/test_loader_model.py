@@ -22,6 +22,7 @@ from collections import Counter
 
 import numpy as np
 import torch
+from _budget import examples
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -159,5 +160,7 @@ class LoaderLifecycle(RuleBasedStateMachine):
             assert self.loader.state_dict()["epoch"] == self.snapshot()[0]
 
 
-LoaderLifecycle.TestCase.settings = settings(max_examples=40, stateful_step_count=14, deadline=None)
+LoaderLifecycle.TestCase.settings = settings(
+    max_examples=examples(40), stateful_step_count=14, deadline=None
+)
 test_loader_lifecycle = LoaderLifecycle.TestCase

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _budget import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +15,7 @@ def materialise(order: Feistel | BlockShuffle | Sequential) -> np.ndarray:
     return order.rows(np.arange(order.size, dtype=np.int64))
 
 
-@settings(max_examples=300, deadline=1000)
+@settings(max_examples=examples(300), deadline=1000)
 @given(size=st.integers(0, 3000), key=st.integers(0, 2**64 - 1))
 def test_feistel_is_a_permutation_and_positions_invert_it(size: int, key: int) -> None:
     order = Feistel(size, key)
@@ -23,7 +24,7 @@ def test_feistel_is_a_permutation_and_positions_invert_it(size: int, key: int) -
     assert order.positions(rows).tolist() == list(range(size))
 
 
-@settings(max_examples=200, deadline=2000)
+@settings(max_examples=examples(200), deadline=2000)
 @given(
     size=st.integers(2, 10**12),
     key=st.integers(0, 2**64 - 1),
@@ -43,7 +44,7 @@ def test_feistel_at_large_sizes_maps_positions_to_distinct_rows(
     assert len(set(rows.tolist())) == len(set(p.tolist()))
 
 
-@settings(max_examples=300, deadline=1000)
+@settings(max_examples=examples(300), deadline=1000)
 @given(
     size=st.integers(0, 3000),
     key=st.integers(0, 2**64 - 1),

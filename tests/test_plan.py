@@ -6,6 +6,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from _budget import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +28,7 @@ def all_shards(world_size: int, num_workers: int) -> list[Shard]:
     ]
 
 
-@settings(max_examples=400, deadline=1000)
+@settings(max_examples=examples(400), deadline=1000)
 @given(
     layout=layouts,
     fetch_size=st.integers(1, 70),
@@ -55,7 +56,7 @@ def test_every_row_exactly_once(
     assert max(sizes) - min(sizes) <= 1
 
 
-@settings(max_examples=200, deadline=1000)
+@settings(max_examples=examples(200), deadline=1000)
 @given(layout=layouts, seed=st.integers(0, 2**32), epoch=st.integers(0, 100))
 def test_even_gives_equal_ranks_and_drops_only_the_tail(
     layout: tuple[int, int, int], seed: int, epoch: int
@@ -84,7 +85,7 @@ def test_even_gives_equal_ranks_and_drops_only_the_tail(
     assert rows - len(seen) == rows % world_size  # at most world_size - 1 dropped
 
 
-@settings(max_examples=100, deadline=1000)
+@settings(max_examples=examples(100), deadline=1000)
 @given(layout=layouts)
 def test_rank_length_counts_what_the_rank_reads(layout: tuple[int, int, int]) -> None:
     rows, world_size, num_workers = layout
@@ -96,7 +97,7 @@ def test_rank_length_counts_what_the_rank_reads(layout: tuple[int, int, int]) ->
         assert total == rank_length(rows, rank, world_size)
 
 
-@settings(max_examples=100, deadline=1000)
+@settings(max_examples=examples(100), deadline=1000)
 @given(rows=st.integers(0, 500), start=st.integers(0, 600), fetch_size=st.integers(1, 9))
 def test_start_skips_exactly_the_first_rows(rows: int, start: int, fetch_size: int) -> None:
     shard = Shard(0, 1, 0, 1)

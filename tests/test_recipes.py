@@ -17,7 +17,6 @@ import deeplake
 import numpy as np
 import pytest
 import torch
-from numpy.lib.stride_tricks import sliding_window_view
 
 import anyloader
 from anyloader._synthetic import read_row_id
@@ -47,8 +46,8 @@ def test_every_python_block_is_a_verbatim_excerpt_of_an_example_file() -> None:
     assert {path for path, _ in included} == {
         f"examples/{name}"
         for name in [
-            "segmentation_augment.py", "ddp_train.py", "lightning_train.py",
-            "checkpoint_resume.py", "s3_read.py",
+            "segmentation_augment.py", "detection_boxes.py", "ddp_train.py",
+            "lightning_train.py", "checkpoint_resume.py", "s3_read.py",
         ]
     }  # fmt: skip
     for path, block in included:
@@ -118,103 +117,98 @@ def test_a_generator_made_once_gives_every_worker_the_same_draws() -> None:
     assert len(set(draws)) == 4, "2 workers, 4 rows each: the same 4 draws twice"
 
 
-# --- segmentation: joint augmentation ------------------------------------------
-
-CROP = (40, 40)  # of 64 x 64 rows: 25 x 25 places to crop, times 2 flips
+# --- segmentation: geometry at decode ---------------------------------------------
 
 
-def epoch_by_row(loader: Any, augment: Any, data: Any, epoch: int) -> dict[int, tuple[Any, Any]]:
-    """One epoch of augmented rows: {row: (image, mask)}, checking each row comes once."""
-    augment.epoch = epoch
-    data.set_epoch(epoch)
-    rows: dict[int, tuple[Any, Any]] = {}
+def by_row(loader: Any) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """One epoch: {row: (image, mask)} as HWC numpy arrays, checking each row comes once."""
+    rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for batch in loader:
         for i, row in enumerate(batch["index"].tolist()):
-            assert row not in rows, f"row {row} twice in epoch {epoch}"
-            rows[row] = (batch["image"][i], batch["mask"][i])
+            assert row not in rows, f"row {row} twice in an epoch"
+            rows[row] = (batch["images"][i].numpy(), batch["masks"][i].numpy())
     return rows
 
 
-def find_crop_and_flip(original: np.ndarray, augmented: np.ndarray) -> list[tuple[bool, int, int]]:
-    """Every (flip, top, left) whose crop, then flip, of ``original`` gives ``augmented`` (HWC)."""
-    h, w, c = augmented.shape
-    windows = sliding_window_view(original, (h, w, c))[:, :, 0]  # (places, places, h, w, c)
-    found = []
-    for flip in (False, True):
-        target = augmented[:, ::-1] if flip else augmented  # undo the flip
-        tops, lefts = np.nonzero((windows == target).all(axis=(2, 3, 4)))
-        found += [(flip, int(t), int(x)) for t, x in zip(tops, lefts, strict=True)]
-    return found
-
-
-def as_hwc_uint8(image: torch.Tensor) -> np.ndarray:
-    return image.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
-def as_hwc_bool(mask: torch.Tensor) -> np.ndarray:
-    return mask.bool().permute(1, 2, 0).numpy()
-
-
-def test_joint_augmentation_crops_and_flips_image_and_mask_alike(
-    make_pairs: Callable[[int], str], examples: Callable[[str], ModuleType]
+def test_segmentation_crops_and_flips_image_and_mask_alike(
+    examples: Callable[[str], ModuleType], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("ANYLOADER_CACHE", str(tmp_path))
     seg = examples("segmentation_augment")
-    url = make_pairs(24)  # anyloader._synthetic: grainy images, so a crop matches one place
-    reference = deeplake.open_read_only(url)
-    images, masks = np.asarray(reference["images"][:]), np.asarray(reference["masks"][:])
-    augment = seg.JointAugment(CROP, seed=7)
-    data, loader = seg.make_loader(url, augment, batch_size=5, workers=0)
-
-    placements: dict[int, dict[int, tuple[bool, int, int]]] = {}
-    for epoch in (0, 1):
-        rows = epoch_by_row(loader, augment, data, epoch)
+    url = seg.example_dataset(24)  # bright discs on dark ground, the disc in the mask
+    _, loader = seg.make_loader(url, crop=32, batch_size=5, workers=0)
+    epochs = [by_row(loader) for _ in range(2)]  # each iteration: the next epoch
+    for rows in epochs:
         assert sorted(rows) == list(range(24)), "every row exactly once"
-        placements[epoch] = {}
         for row, (image, mask) in rows.items():
-            assert image.shape == (3, *CROP)
-            assert mask.shape == (1, *CROP)
-            # Find where the image came from in deeplake's own read of the row...
-            found = find_crop_and_flip(images[row], as_hwc_uint8(image))
-            assert len(found) == 1, f"row {row}: the image is no crop of its row: {found}"
-            flip, top, left = found[0]
-            # ...and the mask must be the same crop and flip of the row's mask.
-            expected = masks[row][top : top + CROP[0], left : left + CROP[1]]
-            expected = expected[:, ::-1] if flip else expected
-            assert np.array_equal(as_hwc_bool(mask), expected), f"row {row}: mask not aligned"
-            placements[epoch][row] = found[0]
-        flips = {flip for flip, _, _ in placements[epoch].values()}
-        assert flips == {False, True}, f"epoch {epoch}: both flips must occur"
-        corners = {(top, left) for _, top, left in placements[epoch].values()}
-        assert len(corners) > 12, f"epoch {epoch}: crops are not random: {corners}"
-    assert placements[0] != placements[1], "each epoch must draw new augmentations"
+            assert image.shape == (32, 32, 3)
+            assert mask.shape == (32, 32, 1)
+            # The same crop and flip of image and mask: bright pixels are the mask's.
+            agree = np.mean((image.mean(axis=2) > 125) == mask[..., 0])
+            assert agree > 0.9, f"row {row}: mask and image disagree on {1 - agree:.0%}"
+    # Each epoch draws new crops.
+    changed = [r for r in range(24) if not np.array_equal(epochs[0][r][0], epochs[1][r][0])]
+    assert len(changed) > 20
+    images, masks = seg.to_model(next(iter(loader)))
+    assert images.dtype == torch.float32
+    assert images.shape[1:] == (3, 32, 32)
+    assert masks.shape[1:] == (1, 32, 32)
 
 
 @pytest.mark.slow
-def test_joint_augmentation_is_the_same_for_any_workers_batch_size_or_mode(
-    make_pairs: Callable[[int], str], examples: Callable[[str], ModuleType]
+def test_segmentation_crops_are_the_same_for_any_workers_batch_size_or_mode(
+    examples: Callable[[str], ModuleType], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("ANYLOADER_CACHE", str(tmp_path))
     seg = examples("segmentation_augment")
-    url = make_pairs(24)
+    url = seg.example_dataset(24)
     runs = {}
-    for name, batch_size, workers, per_batch in [
-        ("main process, per sample", 4, 0, False),
-        ("2 workers, per sample", 3, 2, False),
-        ("1 worker, per batch", 5, 1, True),
+    for name, batch_size, workers, per_sample in [
+        ("main process, batch mode", 4, 0, False),
+        ("2 workers, per sample", 3, 2, True),
+        ("1 worker, batch mode", 5, 1, False),
     ]:
-        augment = seg.JointAugment(CROP, seed=7)
         data, loader = seg.make_loader(
-            url, augment, batch_size=batch_size, workers=workers, per_batch=per_batch
+            url, crop=32, batch_size=batch_size, workers=workers, per_sample=per_sample
         )
-        epoch_by_row(loader, augment, data, 0)
-        # Epoch 1: the workers started by this iteration see augment.epoch = 1.
-        runs[name] = epoch_by_row(loader, augment, data, 1)
+        data.set_epoch(1)
+        runs[name] = by_row(loader)
     first, *others = runs.values()
     assert sorted(first) == list(range(24))
     for name, rows in zip(list(runs)[1:], others, strict=True):
         assert sorted(rows) == sorted(first)
         for row, (image, mask) in first.items():
-            assert torch.equal(rows[row][0], image), f"{name}: row {row}'s image differs"
-            assert torch.equal(rows[row][1], mask), f"{name}: row {row}'s mask differs"
+            assert np.array_equal(rows[row][0], image), f"{name}: row {row}'s image differs"
+            assert np.array_equal(rows[row][1], mask), f"{name}: row {row}'s mask differs"
+
+
+# --- detection: boxes with the geometry ----------------------------------------------
+
+
+def test_detection_boxes_move_with_the_crop_and_drop_with_their_categories(
+    examples: Callable[[str], ModuleType], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANYLOADER_CACHE", str(tmp_path))
+    det = examples("detection_boxes")
+    url = det.example_dataset(30)
+    stored = deeplake.open_read_only(url)
+    total = sum(len(stored["categories"][i]) for i in range(30))
+    loader = det.make_loader(url, size=96, batch_size=8, workers=0)
+    rows = kept = 0
+    for batch in loader:
+        assert tuple(batch["image"].shape[1:]) == (96, 96, 3)
+        for boxes, categories in zip(batch["boxes"], batch["categories"], strict=True):
+            boxes = np.asarray(boxes)
+            assert len(boxes) == len(categories)
+            if len(boxes):  # xywh inside the output, with area
+                assert (boxes[:, :2] >= 0).all()
+                assert (boxes[:, 2:] > 0).all()
+                assert (boxes[:, :2] + boxes[:, 2:] <= 96 + 1e-4).all()
+            kept += len(boxes)
+        rows += len(batch["image"])
+    assert rows == 30
+    assert loader.stats().boxes_dropped == total - kept
+    assert kept < total  # random crops leave some boxes out
 
 
 # --- checkpoint and resume in a new process ------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from _budget import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +15,7 @@ from anyloader._state import Dataset, IterationState, Progress
 DATASET = Dataset(num_rows=50, seed=1, shuffle=True, even=False)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(data=st.data(), length=st.integers(0, 40))
 def test_progress_records_exactly_what_was_delivered_and_stays_compact(
     data: st.DataObject, length: int
