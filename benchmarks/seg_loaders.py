@@ -31,9 +31,12 @@ FAMILIES = (
 #: Batch-mode ``(fetch_size, concurrency)`` beside the defaults, ``(1, 64)``, which
 #: ``anyloader-geometry-batch`` runs.
 SWEEP = ((4, 32), (8, 16), (16, 8), (32, 4))
-#: SPDL ``(rows per request, requests in flight, decode threads)``; a short tuning on
-#: the COCO-like and 256/1024 px datasets kept these two (DESIGN.md: 8 x 16 was best).
-SPDL = ((8, 16, 2), (16, 8, 3))
+#: SPDL ``(rows per request, requests in flight, decode threads)``. A tuning pass of
+#: 7 settings (4-32 rows a request, 4-32 in flight, 2-3 threads; 2 runs each on the
+#: COCO-like, 256 and 1024 px datasets) kept these two: 16 x 8 with 3 threads was at
+#: or near the top on each, 32 x 4 first on the COCO-like rows; 8 x 16 (DESIGN.md's
+#: best for full-size decodes) never was.
+SPDL = ((16, 8, 3), (32, 4, 2))
 #: Ceiling ``(rows per request, requests in flight)``; decode on one thread per core.
 CEILING = ((8, 16), (16, 8))
 

@@ -8,7 +8,7 @@ The task is ``runner.worker_task``'s (a :class:`~benchmarks.seg_loaders.SegSpec`
 the store, the batch size, the result path) plus ``columns``. The dataset is
 opened and every loader's modules imported before the clock starts; the clock
 runs from creating the loader to its shutdown after the last batch. Measured:
-rows/s, the time to the first batch (``batch_size`` rows) and to the first
+rows/s (``samples_per_s``, as ``benchmarks.worker`` names it), the time to the first batch (``batch_size`` rows) and to the first
 ``FIRST_ROWS`` rows, CPU seconds (process tree) and peak RSS (``Monitor``), the
 first batch's image and mask shape and dtype, and the rows delivered: every
 batch names its rows, so ``missing`` and ``repeated`` count the rows not
@@ -88,11 +88,10 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         "rows": total,
         "samples": rows,
         "seconds": seconds,
-        "rows_per_s": rows / seconds if seconds > 0 else 0.0,
+        "samples_per_s": rows / seconds if seconds > 0 else 0.0,
         "first_batch_s": first.get("batch", seconds),
         "first_rows_s": first.get("rows", seconds),
         "cpu_s": usage.cpu_s,
-        "cpu_ms_per_row": 1000 * usage.cpu_s / rows if rows else None,
         "peak_rss_bytes": usage.peak_rss_bytes,
         "missing": sum(1 for r in range(total) if r not in seen),
         "repeated": sum(n - 1 for n in seen.values() if n > 1),
@@ -103,12 +102,8 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     task = json.loads((argv or sys.argv[1:])[0])
-    result = run_task(task)
-    Path(task["out"]).write_text(json.dumps(result))
-    print(DONE_MARKER)
-    # Flushed before exit: what happens at exit is measured too.
-    sys.stdout.flush()
-    sys.stderr.flush()
+    Path(task["out"]).write_text(json.dumps(run_task(task)))
+    print(DONE_MARKER, flush=True)  # then exit: how it exits is measured too
 
 
 if __name__ == "__main__":

@@ -227,10 +227,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     document = {"settings": settings, "machine": machine, "runs": runs}
     print(seg_report.write_all(out, document))
     failed = [r for r in runs if not r.get("ok")]
-    for r in failed:
-        where = f"{r['dataset']}/{r['store']}/{r['loader']} repeat {r['repeat']}"
-        print(f"FAILED {where}: {r['exit']}\n{r['error']}", file=sys.stderr)
+    print(*(_failure(r) for r in failed), sep="\n", file=sys.stderr)
     return 1 if any(r["family"] in MUST_SUCCEED for r in failed) else 0
+
+
+def _failure(run: dict[str, Any]) -> str:
+    where = f"{run['dataset']}/{run['store']}/{run['loader']} repeat {run['repeat']}"
+    return f"FAILED {where}: {run['exit']}\n{run['error']}"
 
 
 def _spdl_version() -> str:
