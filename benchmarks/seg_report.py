@@ -165,67 +165,88 @@ def _name(r: dict[str, Any]) -> str:
 def _rows_ok(r: dict[str, Any]) -> str:
     if r["missing"] is None:
         return "-"
-    return (
-        "yes"
-        if r["missing"] == r["repeated"] == 0
-        else f"{r['missing']} missing, {r['repeated']} twice"
-    )
-
-
-def medians_table(summary: Sequence[dict[str, Any]]) -> str:
-    """Markdown: one line per (dataset, store, loader)."""
-    head = (
-        "| dataset | store | loader | rows/s | CPU ms/row | first batch s | first 200 rows s "
-        "| peak RSS MiB | every row once | clean exits |"
-    )
-    lines = [head, "|" + "---|" * 10]
-    for r in sorted(summary, key=lambda r: _place((r["dataset"], r["store"]))):
-        lines.append(
-            f"| {r['dataset']} | {r['store']} | {_name(r)} | {_fmt(r['samples_per_s'], '.0f')} "
-            f"| {_fmt(r['cpu_ms_per_sample'], '.2f')} | {_fmt(r['first_batch_s'], '.2f')} "
-            f"| {_fmt(r['first_rows_s'], '.2f')} | {_fmt(r['peak_rss_mib'], '.0f')} "
-            f"| {_rows_ok(r)} | {r['clean_exits']}/{r['runs']} |"
-        )
-    return "\n".join(lines)
-
-
-def ratios_table(table: Sequence[dict[str, Any]]) -> str:
-    """Markdown: anyloader's defaults and best setting against the peers, per dataset and store."""
-    head = (
-        "| dataset | store | defaults rows/s | x torch peers | x batched read | x spdl "
-        "| of ceiling | best setting | best x batched read | best x spdl | best of ceiling "
-        "| defaults/best |"
-    )
-    lines = [head, "|" + "---|" * 12]
-    for r in table:
-        x = {k: _fmt(r[k], ".2f", "x") for k in r if "_x_" in k or k.startswith("x_")}
-        lines.append(
-            f"| {r['dataset']} | {r['store']} | {_fmt(r['defaults_rows_per_s'], '.0f')} "
-            f"| {x['x_torch_peers']} | {x['x_batched_read']} | {x['x_spdl']} "
-            f"| {_pct(r['of_ceiling'])} | {r['best'] or '-'} | {x['best_x_batched_read']} "
-            f"| {x['best_x_spdl']} | {_pct(r['best_of_ceiling'])} | {_pct(r['defaults_of_best'])} |"
-        )
-    return "\n".join(lines)
+    if r["missing"] == r["repeated"] == 0:
+        return "yes"
+    return f"{r['missing']} missing, {r['repeated']} twice"
 
 
 def _pct(value: float | None) -> str:
     return _fmt(None if value is None else 100 * value, ".0f", "%")
 
 
-def targets_table(checks: Sequence[dict[str, Any]]) -> str:
-    lines = ["| target | dataset | measured | needed | met |", "|---|---|---|---|---|"]
-    for c in checks:
-        sign = ">=" if c["kind"] == "min" else "<="
-        if c["target"].endswith("the ceiling"):
-            measured, needed = _pct(c["value"]), f"{100 * c['bound']:g}%"
-        else:
-            unit = " ms" if c["kind"] == "max" else "x"
-            measured, needed = _fmt(c["value"], ".2f", unit), f"{c['bound']:g}{unit}"
-        lines.append(
-            f"| {c['target']} | {c['dataset']} | {measured} | {sign} {needed} "
-            f"| {'met' if c['met'] else 'MISSED'} |"
-        )
+def _x(value: float | None) -> str:
+    return _fmt(value, ".2f", "x")
+
+
+def _table(columns: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
+    """A Markdown table: a header of ``columns`` and one line per row of ``cells``."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines)
+
+
+def medians_table(summary: Sequence[dict[str, Any]]) -> str:
+    """Markdown: one line per (dataset, store, loader)."""
+    columns = ["dataset", "store", "loader", "rows/s", "CPU ms/row", "first batch s"]
+    columns += ["first 200 rows s", "peak RSS MiB", "every row once", "clean exits"]
+    cells = [
+        [
+            r["dataset"],
+            r["store"],
+            _name(r),
+            _fmt(r["samples_per_s"], ".0f"),
+            _fmt(r["cpu_ms_per_sample"], ".2f"),
+            _fmt(r["first_batch_s"], ".2f"),
+            _fmt(r["first_rows_s"], ".2f"),
+            _fmt(r["peak_rss_mib"], ".0f"),
+            _rows_ok(r),
+            f"{r['clean_exits']}/{r['runs']}",
+        ]
+        for r in sorted(summary, key=lambda r: _place((r["dataset"], r["store"])))
+    ]
+    return _table(columns, cells)
+
+
+def ratios_table(table: Sequence[dict[str, Any]]) -> str:
+    """Markdown: anyloader's defaults and best setting against the peers, per dataset and store."""
+    columns = ["dataset", "store", "defaults rows/s", "x torch peers", "x batched read"]
+    columns += ["x spdl", "of ceiling", "best setting", "best x batched read", "best x spdl"]
+    columns += ["best of ceiling", "defaults/best"]
+    cells = [
+        [
+            r["dataset"],
+            r["store"],
+            _fmt(r["defaults_rows_per_s"], ".0f"),
+            _x(r["x_torch_peers"]),
+            _x(r["x_batched_read"]),
+            _x(r["x_spdl"]),
+            _pct(r["of_ceiling"]),
+            r["best"] or "-",
+            _x(r["best_x_batched_read"]),
+            _x(r["best_x_spdl"]),
+            _pct(r["best_of_ceiling"]),
+            _pct(r["defaults_of_best"]),
+        ]
+        for r in table
+    ]
+    return _table(columns, cells)
+
+
+def _measured(check: dict[str, Any]) -> tuple[str, str]:
+    """A check's value and bound as text: % of the ceiling, ms of CPU, or a ratio."""
+    sign = ">=" if check["kind"] == "min" else "<="
+    if check["target"].endswith("the ceiling"):
+        return _pct(check["value"]), f"{sign} {100 * check['bound']:g}%"
+    unit = " ms" if check["kind"] == "max" else "x"
+    return _fmt(check["value"], ".2f", unit), f"{sign} {check['bound']:g}{unit}"
+
+
+def targets_table(checks: Sequence[dict[str, Any]]) -> str:
+    """Markdown: each target per dataset, measured, needed, met or MISSED."""
+    cells = [
+        [c["target"], c["dataset"], *_measured(c), "met" if c["met"] else "MISSED"] for c in checks
+    ]
+    return _table(["target", "dataset", "measured", "needed", "met"], cells)
 
 
 def markdown_document(document: dict[str, Any]) -> str:

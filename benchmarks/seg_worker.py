@@ -8,12 +8,13 @@ The task is ``runner.worker_task``'s (a :class:`~benchmarks.seg_loaders.SegSpec`
 the store, the batch size, the result path) plus ``columns``. The dataset is
 opened and every loader's modules imported before the clock starts; the clock
 runs from creating the loader to its shutdown after the last batch. Measured:
-rows/s (``samples_per_s``, as ``benchmarks.worker`` names it), the time to the first batch (``batch_size`` rows) and to the first
-``FIRST_ROWS`` rows, CPU seconds (process tree) and peak RSS (``Monitor``), the
-first batch's image and mask shape and dtype, and the rows delivered: every
-batch names its rows, so ``missing`` and ``repeated`` count the rows not
-delivered and those delivered more than once. The result is written before
-the interpreter exits, so a crash at exit (recorded by the runner) cannot lose it.
+rows/s (``samples_per_s``, as ``benchmarks.worker`` names it), the time to the
+first batch (``batch_size`` rows) and to the first ``FIRST_ROWS`` rows, CPU
+seconds (process tree) and peak RSS (``Monitor``), the first batch's image and
+mask shape and dtype, and the rows delivered: every batch names its rows, so
+``missing`` and ``repeated`` count the rows not delivered and those delivered
+more than once. The result is written before the interpreter exits, so a crash
+at exit (recorded by the runner) cannot lose it.
 """
 
 from __future__ import annotations

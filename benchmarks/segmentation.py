@@ -35,6 +35,9 @@ masks and ragged columns (boxes, captions) as lists (``benchmarks.seg_augment``)
   transform above (with a collate that stacks its images);
 * ``anyloader-geometry-batch`` / ``-sample``: ``geometry=RandomResizedCrop(...)``
   at decode, batch mode / per-sample mode, default settings, ``num_workers=0``;
+  ``-t1``: per sample after ``torch.set_num_threads(1)`` (the transform and the
+  collate run torch ops on the training thread, whose OpenMP team fights the
+  decode threads for the cores);
 * ``anyloader-geometry-batch-fFxC``: batch mode with ``fetch_size=F,
   concurrency=C`` (the defaults are 1 x 64, i.e. ``anyloader-geometry-batch``);
 * ``ceiling-fFxN``: no loader: bytes and values of F rows a request, N in
@@ -227,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     document = {"settings": settings, "machine": machine, "runs": runs}
     print(seg_report.write_all(out, document))
     failed = [r for r in runs if not r.get("ok")]
-    print(*(_failure(r) for r in failed), sep="\n", file=sys.stderr)
+    for line in map(_failure, failed):
+        print(line, file=sys.stderr)
     return 1 if any(r["family"] in MUST_SUCCEED for r in failed) else 0
 
 
