@@ -76,9 +76,15 @@ def test_per_sample_mode_beside_torch_threads() -> None:
     assert hint not in advice(BOUND, replace(one_process, workers=2))  # workers use one thread
 
 
+DECODE_LESS = (
+    "decode less: fetches wait for the decode threads (a geometry with a smaller output "
+    "decodes JPEGs at a reduced scale; or decode on a GPU)",
+)
+
+
 def test_decoding_fills_the_cpus() -> None:
     decoding = replace(BOUND, decode_seconds=15.0, cpu_seconds=19.0)  # 1.5 of 2 CPUs decoding
-    assert advice(decoding) == ("decode less (image_size=) or on a GPU",)
+    assert advice(decoding) == DECODE_LESS
 
 
 def test_the_cpus_are_full() -> None:
@@ -88,7 +94,11 @@ def test_the_cpus_are_full() -> None:
 
 def test_every_request_in_flight() -> None:
     saturated = replace(BOUND, fetch_latency=LatencyHistogram.of([0.6] * 1000))  # 60 in flight
-    assert advice(saturated) == ("raise concurrency",)
+    expected = "raise concurrency (64 -> 128): every request in flight is waiting on the store"
+    assert advice(saturated) == (expected,)
+    # In flight but queued for the decode threads: more requests would queue too.
+    queued = replace(saturated, decode_wait_seconds=400.0, decode_seconds=8.0)
+    assert advice(queued) == DECODE_LESS
 
 
 def test_more_workers_when_the_store_is_not_the_limit() -> None:

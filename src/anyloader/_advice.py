@@ -29,6 +29,11 @@ DECODE_FULL = 0.60
 CPU_FULL = 0.85
 #: Mean requests in flight, as a share of ``concurrency``, at which more would help.
 SATURATED = 0.70
+#: Share of the fetch latency spent waiting for a free decode thread at which decoding is the limit.
+QUEUED = 0.50
+#: Share of the fetch latency spent on the store (neither decoding nor queued for it) at
+#: which raising ``concurrency`` can help.
+STORE = 0.50
 
 
 @dataclass(frozen=True)
@@ -69,11 +74,12 @@ def advise(stats: EpochStats, setup: Setup, *, startup: float = 0.0) -> Verdict:
     holding up ordered delivery (the consumer waiting while the row budget
     is full); batch mode when samples go one by one (or one torch thread, when
     torch's collate threads share the process with the decode threads);
-    then, if decoding fills the CPUs, decoding less; else if the CPUs are
-    full, less work per row; else raising ``concurrency`` when the requests
-    in flight stay near it, or more DataLoader workers when they do not (the
-    worker's own thread is the limit). The thresholds are this module's
-    constants.
+    then, if decoding fills the CPUs or fetches mostly wait for a free decode
+    thread, decoding less; else if the CPUs are full, less work per row; else
+    raising ``concurrency`` when the requests in flight stay near it and
+    their latency is the store's own (not decoding, not waiting to decode),
+    or more DataLoader workers (the worker's own thread is the limit). The
+    thresholds are this module's constants.
     """
     share = stats.input_bound
     if share < INPUT_BOUND:
@@ -99,13 +105,24 @@ def advise(stats: EpochStats, setup: Setup, *, startup: float = 0.0) -> Verdict:
     wall = stats.seconds / max(1, stats.workers)
     decoding = stats.decode_seconds / wall if wall > 0 else 0.0
     busy = stats.cpu_seconds / wall if wall > 0 else 0.0
-    in_flight = stats.fetch_latency.total_seconds / stats.seconds if stats.seconds > 0 else 0.0
-    if decoding >= DECODE_FULL * setup.cpus:
-        advice.append("decode less (image_size=) or on a GPU")
+    latency = stats.fetch_latency.total_seconds
+    in_flight = latency / stats.seconds if stats.seconds > 0 else 0.0
+    # A fetch in flight may be waiting for the store, or for a free decode thread: only
+    # the first is helped by more requests in flight.
+    queued = stats.decode_wait_seconds >= QUEUED * latency > 0
+    store = latency - stats.decode_seconds - stats.decode_wait_seconds >= STORE * latency > 0
+    if decoding >= DECODE_FULL * setup.cpus or queued:
+        advice.append(
+            "decode less: fetches wait for the decode threads (a geometry with a smaller output "
+            "decodes JPEGs at a reduced scale; or decode on a GPU)"
+        )
     elif busy >= CPU_FULL * setup.cpus:
         advice.append(f"less work per row: the CPUs are full ({busy:.1f} of {setup.cpus} busy)")
-    elif in_flight >= SATURATED * setup.concurrency:
-        advice.append("raise concurrency")
+    elif in_flight >= SATURATED * setup.concurrency and store:
+        advice.append(
+            f"raise concurrency ({setup.concurrency} -> {2 * setup.concurrency}): every request "
+            "in flight is waiting on the store"
+        )
     elif setup.workers < setup.cpus:
         advice.append("more workers")
     if not advice:

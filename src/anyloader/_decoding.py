@@ -126,11 +126,13 @@ class EpochDecoding:
         if self._closed:
             raise RuntimeError("this epoch's decode pool is closed")
         done = anyio.Event()
-        took = [0.0]
+        took = [0.0, 0.0]  # CPU seconds decoding, seconds waiting for a free thread
+        submitted = time.perf_counter()
 
         def timed() -> T:
             # The pool thread's CPU time: neither the wait for a free thread nor
             # time the thread was not running (other processes) is decoding.
+            took[1] = time.perf_counter() - submitted
             start = time.thread_time()
             try:
                 return fn(*args, **kwargs)
@@ -162,7 +164,7 @@ class EpochDecoding:
             raise
         result = future.result()
         if self._stats is not None:
-            self._stats.decoded(rows, took[0])
+            self._stats.decoded(rows, took[0], took[1])
         return result
 
     def close(self) -> None:

@@ -104,6 +104,7 @@ class EpochRecorder:
         self.retries = self.faults = self.timeouts = 0
         self.decoded_rows = 0
         self.decode_seconds = 0.0
+        self.decode_wait = 0.0
         self.dropped_boxes = 0
         self.consumer_wait = self.stall = 0.0
         # (seconds the row budget was full before, since when it is full or None),
@@ -152,10 +153,11 @@ class EpochRecorder:
         """A geometry's crop dropped ``boxes`` boxes (outside it)."""
         self.dropped_boxes += boxes
 
-    def decoded(self, rows: int, seconds: float) -> None:
-        """A decode thread spent ``seconds`` decoding ``rows`` rows."""
+    def decoded(self, rows: int, seconds: float, waited: float = 0.0) -> None:
+        """A decode thread spent ``seconds`` on ``rows`` rows, ``waited`` after their submission."""
         self.decoded_rows += rows
         self.decode_seconds += seconds
+        self.decode_wait += waited
 
     def loader_blocked(self) -> None:
         """The row budget is full: the loader waits for the consumer from now."""
@@ -223,6 +225,7 @@ class EpochRecorder:
             timeouts=self.timeouts,
             decoded_rows=self.decoded_rows,
             decode_seconds=self.decode_seconds,
+            decode_wait_seconds=self.decode_wait,
             boxes_dropped=self.dropped_boxes,
             seconds=seconds,
             cpu_seconds=max(0.0, cpu_end - self._cpu_started),

@@ -159,6 +159,8 @@ class EpochStats:
         decode_seconds: CPU time the decode threads spent decoding them, summed
             over threads (so it can exceed ``seconds``); with a geometry, placing
             them too (crop, resize, flip).
+        decode_wait_seconds: time fetches waited for a free decode thread,
+            summed over fetches: part of their latency that is not the store's.
         boxes_dropped: boxes a geometry's crops left no area of, dropped with
             their aligned entries (``anyloader.Boxes``).
         seconds: the epoch's duration, from the start of the iteration to its
@@ -188,6 +190,7 @@ class EpochStats:
     timeouts: int = 0
     decoded_rows: int = 0
     decode_seconds: float = 0.0
+    decode_wait_seconds: float = 0.0
     boxes_dropped: int = 0
     seconds: float = 0.0
     cpu_seconds: float = 0.0
