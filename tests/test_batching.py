@@ -226,3 +226,18 @@ def test_per_sample_mode_collates_ragged_columns_as_lists(
     # torch's own collate fails on them: what the public collate is for.
     with pytest.raises(RuntimeError, match="stack expects each tensor to be equal size"):
         list(DataLoader(ds, batch_size=40))
+
+
+def test_after_a_transform_the_batch_decides_what_stacks(
+    mostly_square_url: str, backend: str
+) -> None:
+    def to_squares(sample: dict[str, Any]) -> dict[str, Any]:
+        sample["images"] = np.ascontiguousarray(sample["images"][:40, :40])  # one shape now
+        sample["boxes"] = np.zeros((sample["label"] % 3, 4))  # ragged
+        return sample
+
+    ds = AsyncDataset(mostly_square_url, backend=backend, transform=to_squares)
+    batches = list(DataLoader(ds, batch_size=8, collate_fn=ds.collate))
+    assert all(tuple(b["images"].shape[1:]) == (40, 40, 3) for b in batches)
+    assert all(isinstance(b["boxes"], list) for b in batches)
+    assert sorted(r for b in batches for r in b["label"].tolist()) == list(range(40))

@@ -122,7 +122,16 @@ def test_no_decode_thread_outlives_its_epoch(
         return sample
 
     ds = AsyncDataset(
-        make_pairs(97), backend=backend, decode_threads=2, return_index=True, transform=fail_at_10
+        make_pairs(97),
+        backend=backend,
+        decode_threads=2,
+        return_index=True,
+        transform=fail_at_10,
+        # A short leash: the engine cannot finish the epoch (and end its threads)
+        # while the loop below is still looking at its first samples.
+        fetch_size=4,
+        concurrency=2,
+        prefetch=4,
     )
     seen_threads: set[str] = set()
     try:

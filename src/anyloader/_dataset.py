@@ -170,9 +170,12 @@ class AsyncDataset(IterableDataset[Any]):
         ``torch.utils.data.DataLoader(ds, batch_size=32, collate_fn=ds.collate)``:
         like ``default_collate``, but a ragged or text column (boxes, captions,
         variable-size images without a geometry) is a list in every batch instead
-        of failing in ``torch.stack``. ``anyloader.DataLoader`` uses it by default.
+        of failing in ``torch.stack``. With a ``transform``, whatever it returns
+        stacks when a batch's values share one numeric shape (see
+        :class:`~anyloader.Collate`). ``anyloader.DataLoader`` uses it by default.
         """
-        return Collate(batch_stacks(self.config))
+        transformed = self.config.options.transform is not None
+        return Collate(batch_stacks(self.config), transformed=transformed)
 
     def stats(self) -> EpochStats:
         """The latest epoch's :class:`~anyloader.EpochStats` (see docs/stats.md).

@@ -100,16 +100,22 @@ class EpochDecoding:
         self._call_soon: Callable[..., object] | None = None
         self._closed = False
 
+    @functools.cached_property
+    def threads(self) -> int:
+        """The pool's threads: ``decode_threads``, else this process's share of the CPUs."""
+        from ._decode import default_decode_threads
+
+        return self.settings.threads or default_decode_threads()
+
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            from ._decode import default_decode_threads
-
             token: Any = anyio.lowlevel.current_token().native_token
             self._call_soon = getattr(token, "run_sync_soon", None) or token.call_soon_threadsafe
-            threads = self.settings.threads or default_decode_threads()
             # Resizes use torch ops: no OpenMP team per decode thread (see _resize).
             self._pool = ThreadPoolExecutor(
-                threads, thread_name_prefix="anyloader-decode", initializer=single_threaded_torch
+                self.threads,
+                thread_name_prefix="anyloader-decode",
+                initializer=single_threaded_torch,
             )
         return self._pool
 

@@ -64,6 +64,12 @@ class Handout:
                 memory=memory,
                 slabs=slabs,
                 stacks=batch_stacks(config),
+                # A geometry gives the columns it places a shape of its own.
+                described={
+                    name: info
+                    for name, info in config.roles.info.items()
+                    if name not in config.roles.roles
+                },
             )
         )
         self._chunks: deque[Chunk] = deque()  # received, not yet cut into samples or batches

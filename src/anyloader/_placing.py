@@ -27,11 +27,12 @@ deeplake's own decode of that row) and are placed after.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, overload
 
+import anyio
 import numpy as np
 
 from ._resize import resize_image, resize_nearest
@@ -45,9 +46,10 @@ if TYPE_CHECKING:
     from ._geometry import Placement
     from ._slabs import BatchSlabs
 
-__all__ = ["Encoded", "Placed", "place"]
+__all__ = ["Encoded", "parts", "place"]
 
 _SCALES = (8, 4, 2)  # DCT reductions worth taking (docs/benchmarks.md, geometry)
+_LEAST_ROWS = 4  # rows worth a decode job of their own: fewer cost more in hand-offs than they save
 
 
 class Encoded(Sequence[bytes]):
@@ -70,15 +72,6 @@ class Encoded(Sequence[bytes]):
     def __getitem__(self, i: slice) -> Sequence[bytes]: ...
     def __getitem__(self, i: int | slice) -> bytes | Sequence[bytes]:
         return self.blobs[i]
-
-
-@dataclass
-class Placed:
-    """What one placing job made of a fetch: the new column values, rows to redo, boxes dropped."""
-
-    values: dict[str, Any]
-    redo: dict[str, list[int]] = field(default_factory=dict)
-    dropped: int = 0
 
 
 def _jpeg_size(blob: bytes) -> tuple[int, int] | None:
@@ -146,26 +139,55 @@ def _as_rgb(image: NDArray[np.uint8]) -> NDArray[np.uint8]:
 
 
 class _Job:
-    """One fetch's placing, run in a decode thread (:meth:`run`), then again for redone rows."""
+    """One fetch's placing: :meth:`run` on disjoint parts of its rows, in decode threads at once.
 
-    def __init__(
-        self,
-        settings: DecodeSettings,
-        values: Mapping[str, Any],
-        rows: Sequence[int],
-        destination: Callable[[str, tuple[int, ...], np.dtype[Any]], NDArray[Any] | None],
-    ) -> None:
+    Outputs of a fixed size are allocated before any part runs (the batch slot
+    when there is one), so each part writes only its own rows; state is kept per
+    row, so parts never share a value.
+    """
+
+    def __init__(self, settings: DecodeSettings, values: Mapping[str, Any], rows: Sequence[int]):
         self.settings = settings
         self.values = dict(values)
         self.rows = list(rows)
-        self.destination = destination
         self.outputs: dict[str, Any] = {}
         self.placements: list[Placement | None] = [None] * len(rows)
         self.sizes: list[tuple[int, int] | None] = [None] * len(rows)
-        self.done: set[tuple[str, int]] = set()
+        self.done: list[set[str]] = [set() for _ in rows]
         self.redone: dict[tuple[str, int], Any] = {}
-        self.in_slab: set[str] = set()  # columns written into the batch tensor itself
+        self.in_slab: set[str] = set()  # columns written into the batch tensors themselves
+        self.fixed = True  # every row of a placed column has one output shape
         self.dropped = 0
+
+    def allocate(
+        self,
+        destination: Callable[[str, tuple[int, ...], np.dtype[Any]], list[NDArray[Any]] | None],
+    ) -> None:
+        """Every placed column's output, before any row is placed.
+
+        A fixed output size: the rows' slots in their batch tensors (ordered batch
+        mode), else one array for the fetch. Otherwise one array per row, made as
+        each is placed.
+        """
+        s = self.settings
+        assert s.geometry is not None
+        size, n = s.geometry.output_size, len(self.rows)
+        self.fixed = size is not None
+        for column, role in s.roles.items():
+            if size is None or not n:
+                self.outputs[column] = [None] * n
+                continue
+            if role == "image":
+                row_shape, dtype = (*size, 3), np.dtype(np.uint8)
+            else:  # a mask keeps its dtype and channels: its first row says which
+                first = np.asarray(self.values[column][0])
+                row_shape, dtype = (*size, *(first.shape[2:] or (1,))), first.dtype
+            slots = destination(column, row_shape, dtype)
+            if slots is None:
+                self.outputs[column] = np.empty((n, *row_shape), dtype)
+            else:
+                self.outputs[column] = slots
+                self.in_slab.add(column)
 
     def _size(self, column: str, i: int) -> tuple[int, int] | None:
         """Row ``i``'s image size in ``column``; None if unknown (the row must be redone)."""
@@ -178,39 +200,34 @@ class _Job:
     def _output(
         self, column: str, i: int, row_shape: tuple[int, ...], dtype: np.dtype[Any]
     ) -> NDArray[Any]:
-        """Row ``i``'s output array of ``column`` (a slot of one array for the fetch, if fixed)."""
-        fixed = (
-            self.settings.geometry is not None and self.settings.geometry.output_size is not None
-        )
-        if not fixed:
-            out = self.outputs.setdefault(column, [None] * len(self.rows))
+        """Row ``i``'s output of ``column``.
+
+        Raises:
+            TypeError: the row comes out with another dtype or channels than its column.
+        """
+        out = self.outputs[column]
+        if not self.fixed:
             out[i] = np.empty(row_shape, dtype)
             return out[i]  # type: ignore[no-any-return]
-        out = self.outputs.get(column)
-        if out is None or out.shape[1:] != row_shape or out.dtype != dtype:
-            if out is not None:
-                raise TypeError(
-                    f"geometry: column {column!r} row {self.rows[i]} comes out {dtype} "
-                    f"{row_shape}, earlier rows {out.dtype} {out.shape[1:]}: a column's rows "
-                    "must have one dtype and number of channels"
-                )
-            out = self.destination(column, row_shape, dtype)
-            if out is None:
-                out = np.empty((len(self.rows), *row_shape), dtype)
-            else:
-                self.in_slab.add(column)
-            self.outputs[column] = out
-        return out[i]  # type: ignore[no-any-return]
+        slot: NDArray[Any] = out[i]
+        if slot.shape != row_shape or slot.dtype != dtype:
+            raise TypeError(
+                f"geometry: column {column!r} row {self.rows[i]} comes out {dtype} {row_shape}, "
+                f"the column {slot.dtype} {slot.shape}: a column's rows must have one dtype "
+                "and number of channels"
+            )
+        return slot
 
-    def run(self) -> Placed:
-        """Place every row it can; the rest is listed to redo."""
+    def run(self, part: Sequence[int]) -> dict[str, list[int]]:
+        """Place the rows ``part`` (indices into the fetch); return those to redo, by column."""
         s = self.settings
         assert s.geometry is not None
         assert s.reference is not None
         redo: dict[str, list[int]] = {}
-        pending = [i for i in range(len(self.rows)) if self.placements[i] is None]
         sized = []
-        for i in pending:
+        for i in part:
+            if self.placements[i] is not None:
+                continue
             size = self._size(s.reference, i)
             if size is None:
                 redo.setdefault(s.reference, []).append(i)
@@ -226,16 +243,18 @@ class _Job:
             )
             for i, placed in zip(sized, placements, strict=True):
                 self.placements[i] = placed
-        for i, placement in enumerate(self.placements):
+        for i in part:
+            placement = self.placements[i]
             if placement is None:
                 continue
             for column, role in s.roles.items():
-                if (column, i) in self.done or not self._place(column, role, i, placement):
-                    if (column, i) not in self.done:
-                        redo.setdefault(column, []).append(i)
+                if column in self.done[i]:
                     continue
-                self.done.add((column, i))
-        return Placed(self._values() if not redo else {}, redo)
+                if self._place(column, role, i, placement):
+                    self.done[i].add(column)
+                else:
+                    redo.setdefault(column, []).append(i)
+        return redo
 
     def _place(self, column: str, role: str, i: int, placement: Placement) -> bool:
         reference = self.sizes[i]
@@ -262,8 +281,8 @@ class _Job:
         resize_nearest(mask, here.box, out, hflip=here.hflip, vflip=here.vflip)
         return True
 
-    def _values(self) -> dict[str, Any]:
-        """The fetch's values with every placed column, boxes and placements."""
+    def finished(self) -> dict[str, Any]:
+        """The fetch's values with every placed column, its boxes moved, its placements."""
         s = self.settings
         values = {**self.values, **self.outputs}
         placements = [p for p in self.placements if p is not None]
@@ -291,6 +310,18 @@ class _Job:
         return values
 
 
+def parts(rows: int, threads: int, least: int = _LEAST_ROWS) -> list[range]:
+    """``range(rows)`` cut into at most ``threads`` parts of at least ``least`` rows each.
+
+    A fetch of many rows is placed by every decode thread at once, so large
+    requests (cheap per row for the store) do not make one thread do all the work
+    while the other waits; a part's rows are contiguous.
+    """
+    count = max(1, min(threads, rows // least))
+    bounds = [rows * k // count for k in range(count + 1)]
+    return [range(a, b) for a, b in itertools.pairwise(bounds) if b > a]
+
+
 async def place(
     values: Mapping[str, Any],
     rows: Sequence[int],
@@ -303,22 +334,24 @@ async def place(
     Raises:
         TypeError: an image column that is not uint8, or rows of one column
             that come out with different channels.
+        ValueError: a row that is not an image even after the source decoded it.
         Exception: whatever the source's own decode of a row raises.
     """
     slabs: BatchSlabs | None = decoding.slabs
 
     def destination(
         column: str, row_shape: tuple[int, ...], dtype: np.dtype[Any]
-    ) -> NDArray[Any] | None:
+    ) -> list[NDArray[Any]] | None:
         if slabs is None or first is None:
             return None
-        return slabs.destination(column, first, len(rows), dtype)(row_shape)
+        return slabs.rows(column, first, len(rows), row_shape, dtype)
 
-    job = _Job(decoding.settings, values, rows, destination)
-    placed = await decoding.run(job.run, rows=len(rows))
-    while placed.redo:
-        for column, pending in placed.redo.items():
-            for i in pending:
+    job = _Job(decoding.settings, values, rows)
+    job.allocate(destination)
+    pending = await _run_parts(job, parts(len(rows), decoding.threads), decoding)
+    while pending:
+        for column, indices in pending.items():
+            for i in indices:
                 value = values[column]
                 if not isinstance(value, Encoded) or (column, i) in job.redone:
                     shown = job.redone.get(
@@ -329,8 +362,26 @@ async def place(
                         f"place (shape {np.shape(shown)})"
                     )
                 job.redone[column, i] = await value.redo(i)
-        placed = await decoding.run(job.run, rows=0)
+        again = sorted({i for indices in pending.values() for i in indices})
+        pending = await _run_parts(job, [again], decoding)
+    values_out = job.finished()
     if slabs is not None and first is not None:
         for column in job.in_slab:
             slabs.filled(column, first, len(rows))
-    return placed.values, job.dropped
+    return values_out, job.dropped
+
+
+async def _run_parts(
+    job: _Job, cuts: Sequence[Sequence[int]], decoding: EpochDecoding
+) -> dict[str, list[int]]:
+    """Run the job on each part at once in the decode pool; merge the rows to redo."""
+    redo: dict[str, list[int]] = {}
+
+    async def one(part: Sequence[int]) -> None:
+        for column, indices in (await decoding.run(job.run, part, rows=len(part))).items():
+            redo.setdefault(column, []).extend(indices)
+
+    async with anyio.create_task_group() as tg:
+        for part in cuts:
+            tg.start_soon(one, part)
+    return redo

@@ -23,8 +23,6 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from ._batch_memory import BatchMemory
 
 __all__ = ["BatchSlabs", "first_index"]
@@ -46,7 +44,7 @@ class BatchSlabs:
     """Per-column batch tensors for the batches of one epoch, filled by fetches in place.
 
     Guarantee: :meth:`take` returns a tensor only if every one of its rows was
-    written through :meth:`destination` and then confirmed with :meth:`filled`.
+    written through :meth:`rows` and then confirmed with :meth:`filled`.
     Thread-safe: fetches decode in pool threads while the consumer takes batches.
     """
 
@@ -60,42 +58,46 @@ class BatchSlabs:
     def _rows_in(self, batch: int) -> int:
         return min(self.batch_size, self.planned - batch * self.batch_size)
 
-    def destination(
-        self, column: str, first: int, rows: int, dtype: np.dtype[Any] | None = None
-    ) -> Callable[[tuple[int, ...]], np.ndarray | None]:
-        """For rows ``[first, first + rows)`` of ``column``: a function from row shape to a view.
+    def rows(
+        self, column: str, first: int, count: int, row_shape: tuple[int, ...], dtype: np.dtype[Any]
+    ) -> list[np.ndarray] | None:
+        """Views of rows ``[first, first + count)`` of ``column``'s batch tensors, one per row.
 
-        The function returns the ``(rows, *shape)`` view of the batch tensor those
-        rows belong to (of ``dtype``, uint8 by default), allocating it for that
-        shape; or None when the rows span two batches or the batch's tensor has
-        another row shape or dtype.
+        A fetch's rows may span several batches: each batch's tensor is
+        allocated for ``row_shape`` and ``dtype`` by the first fetch that
+        writes into it. None if a batch's tensor already has another row shape
+        or dtype (its rows are then copied, as without slabs).
         """
-        element = np.dtype(np.uint8) if dtype is None else np.dtype(dtype)
-
-        def view(shape: tuple[int, ...]) -> np.ndarray | None:
-            batch, offset = divmod(first, self.batch_size)
-            if offset + rows > self._rows_in(batch):
-                return None
+        element = np.dtype(dtype)
+        kind = torch.from_numpy(np.empty(0, element)).dtype
+        views: list[np.ndarray] = []
+        at, end = first, first + count
+        while at < end:
+            batch, offset = divmod(at, self.batch_size)
+            take = min(end - at, self._rows_in(batch) - offset)
             with self._lock:
                 slab = self._slabs.get((column, batch))
                 if slab is None:
-                    kind = torch.from_numpy(np.empty(0, element)).dtype
-                    tensor = self.memory.empty((self._rows_in(batch), *shape), kind)
+                    tensor = self.memory.empty((self._rows_in(batch), *row_shape), kind)
                     slab = self._slabs[column, batch] = _Slab(tensor)
             array = slab.tensor.numpy()
-            if array.shape[1:] != shape or array.dtype != element:
+            if array.shape[1:] != row_shape or array.dtype != element:
                 return None
-            return array[offset : offset + rows]
+            views.extend(array[offset : offset + take])
+            at += take
+        return views
 
-        return view
-
-    def filled(self, column: str, first: int, rows: int) -> None:
-        """Rows ``[first, first + rows)`` of ``column`` now hold their values, in place."""
-        batch, offset = divmod(first, self.batch_size)
+    def filled(self, column: str, first: int, count: int) -> None:
+        """Rows ``[first, first + count)`` of ``column`` now hold their values, in place."""
+        at, end = first, first + count
         with self._lock:
-            slab = self._slabs.get((column, batch))
-            if slab is not None:
-                slab.filled.update(range(offset, offset + rows))
+            while at < end:
+                batch, offset = divmod(at, self.batch_size)
+                take = min(end - at, self._rows_in(batch) - offset)
+                slab = self._slabs.get((column, batch))
+                if slab is not None:
+                    slab.filled.update(range(offset, offset + take))
+                at += take
 
     def take(self, column: str, batch: int) -> torch.Tensor | None:
         """Batch ``batch``'s tensor of ``column`` if every row was filled in place; forget it."""
