@@ -315,12 +315,14 @@ def window_mib(spec: dict[str, Any] | None, settings: dict[str, Any]) -> float |
     """
     if spec is None:
         return None
+    from anyloader._config import IN_FLIGHT_ROWS
     from anyloader._options import Options
 
     defaults = Options()
-    fetch_size = spec.get("fetch_size") or defaults.fetch_size
-    concurrency = spec.get("concurrency") or defaults.concurrency
-    rows = defaults.prefetch + concurrency * fetch_size + settings["batch_size"]
+    fetch_size, concurrency = spec.get("fetch_size"), spec.get("concurrency")
+    # The loader's own choice keeps IN_FLIGHT_ROWS rows in flight (fetch_size <= 32).
+    in_flight = fetch_size * concurrency if fetch_size and concurrency else IN_FLIGHT_ROWS
+    rows = defaults.prefetch + in_flight + settings["batch_size"]
     return rows * settings["size"] ** 2 * 4 / 2**20
 
 

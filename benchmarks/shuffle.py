@@ -389,7 +389,7 @@ def render(out: Path, document: dict[str, Any]) -> str:
     settings, summary = document["settings"], document["summary"]
     table = markdown(summary, document.get("read_units"))
     (out / "shuffle.md").write_text(table + "\n")
-    concurrency = settings.get("concurrency") or f"{Options().concurrency} (default)"
+    concurrency = settings.get("concurrency") or "the loader's choice"
     title = (
         f"Epoch order on S3 (moto, {settings['latency_ms']:g} ms/GET): {settings['rows']} rows "
         f"of {settings['size']}px, {settings['dataset_mib']:.0f} MiB; concurrency {concurrency}; "

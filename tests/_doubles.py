@@ -11,6 +11,7 @@ import anyio
 import numpy as np
 
 from anyloader import MemorySource
+from anyloader._config import REQUEST_BYTES
 from anyloader._source import Columns
 
 
@@ -21,7 +22,13 @@ def rows_source(n: int) -> MemorySource:
 
 
 class _OverRows:
-    """Columns and length of a ``rows_source``; subclasses decide how ``fetch`` misbehaves."""
+    """Columns and length of a ``rows_source``; subclasses decide how ``fetch`` misbehaves.
+
+    Their scenarios are row by row (a store that stalls from row 8 on, a fault per
+    row group): each row says it is as big as a whole request, so the loader's own
+    choice of requests (``fetch_size=None``) is one row each, as it was before the
+    loader sized them.
+    """
 
     _inner: MemorySource
 
@@ -31,6 +38,9 @@ class _OverRows:
 
     def column_info(self) -> dict[str, Any]:
         return self._inner.column_info()
+
+    def row_bytes(self, columns: Sequence[str]) -> float:
+        return float(REQUEST_BYTES)
 
     def __len__(self) -> int:
         return len(self._inner)

@@ -140,7 +140,7 @@ async def test_4_a_foreign_cancellation_fails_the_stream(anyio_backend: str) -> 
     got: list[int] = []
 
     async def consume() -> None:
-        async with open_stream(ForeignCancelSource(), concurrency=1) as samples:
+        async with open_stream(ForeignCancelSource(), concurrency=1, fetch_size=1) as samples:
             async for s in samples:
                 got.append(int(s["x"]))
 
@@ -151,7 +151,7 @@ async def test_4_a_foreign_cancellation_fails_the_stream(anyio_backend: str) -> 
 
 
 def test_4_a_foreign_cancellation_fails_the_dataset() -> None:
-    ds = AsyncDataset(ForeignCancelSource(), backend="asyncio", concurrency=1)
+    ds = AsyncDataset(ForeignCancelSource(), backend="asyncio", concurrency=1, fetch_size=1)
     with pytest.raises(RuntimeError, match="was not cancelled") as info:
         list(ds)
     assert isinstance(info.value.__cause__, asyncio.CancelledError)
@@ -198,8 +198,8 @@ def test_4_fewer_rows_than_planned_is_an_error(
         await real(config, groups, planned, *args, **kwargs)
 
     monkeypatch.setattr(_loop_thread, "run_engine", lossy)
-    with pytest.raises(RuntimeError, match="39 of its 40 rows"):
-        list(AsyncDataset(xs(), backend=backend))
+    with pytest.raises(RuntimeError, match="36 of its 40 rows"):  # groups of 4: one lost
+        list(AsyncDataset(xs(), backend=backend, fetch_size=4))
 
 
 # 5. A trio loop thread driven from code running inside trio.run hung.
@@ -278,7 +278,7 @@ def test_8_garbage_collected_on_its_own_loop_thread(backend: str) -> None:
     old_hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
     gc.disable()  # only the collection on the loop thread may find the cycle
     try:
-        it = iter(AsyncDataset(source, backend=backend, concurrency=1))
+        it = iter(AsyncDataset(source, backend=backend, concurrency=1, fetch_size=1))
         assert [int(next(it)["x"]) for _ in range(8)] == list(range(8))
         (thread,) = loop_threads()
         cycle: list[Any] = [it]
@@ -435,6 +435,9 @@ class ReturnsSource(XSource):
         super().__init__(4)
         self.value = value
 
+    def column_info(self) -> dict[str, Any]:
+        return self._inner.column_info()  # x: int64, one per row
+
     async def fetch(self, indices: Sequence[int], columns: Sequence[str]) -> Any:
         return self.value(indices) if callable(self.value) else self.value
 
@@ -458,12 +461,14 @@ def test_13_a_column_whose_dtype_changes_never_flips_between_tensor_and_list(
     backend: str,
 ) -> None:
     def fetch(idx: Sequence[int]) -> dict[str, Any]:
-        dtype = np.int32 if min(idx) < 2 else np.int64
+        dtype = np.int32 if min(idx) >= 2 else np.int64  # int64 as described, then not
         return {"x": np.asarray(idx, dtype=dtype)}
 
-    batches = iter(AsyncDataset(ReturnsSource(fetch), backend=backend, batch_size=2))
+    # One row per request: the second batch's rows arrive with the other dtype.
+    ds = AsyncDataset(ReturnsSource(fetch), backend=backend, batch_size=2, fetch_size=1)
+    batches = iter(ds)
     assert isinstance(next(batches)["x"], torch.Tensor)
-    with pytest.raises(TypeError, match="column 'x' began as a tensor of int32"):
+    with pytest.raises(TypeError, match=r"describes column 'x' as int64 \(\)"):
         next(batches)
 
 

@@ -254,7 +254,12 @@ def _blocked_signals(native_id: int) -> int:
 
 
 def test_4_threads_of_ours_leave_signals_to_the_main_thread(pairs_url: str, backend: str) -> None:
-    it = iter(AsyncDataset(pairs_url, backend=backend, columns=["images"]))
+    # A short leash: the epoch cannot end (and its decode threads with it) before
+    # they are looked at.
+    ds = AsyncDataset(
+        pairs_url, backend=backend, columns=["images"], fetch_size=1, concurrency=1, prefetch=1
+    )
+    it = iter(ds)
     next(it)
     ours = [t for t in threading.enumerate() if t.name.startswith("anyloader")]
     try:

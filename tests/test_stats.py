@@ -173,7 +173,7 @@ async def test_retries_and_faults_are_counted_exactly() -> None:
 async def test_timeouts_are_counted() -> None:
     # Seed 8: 6 of the 16 first attempts hang, no retry does (one timeout's wait in all).
     faulty = FaultySource(rows_source(16), seed=8, hang_rate=0.3, hang_seconds=math.inf)
-    async with open_stream(faulty, timeout=0.25, retries=20, backoff=0.0) as samples:
+    async with open_stream(faulty, timeout=0.25, retries=20, backoff=0.0, fetch_size=1) as samples:
         assert len([s async for s in samples]) == 16
     stats = samples.stats()
     assert faulty.stats.hangs > 0

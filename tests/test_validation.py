@@ -30,10 +30,13 @@ SHARED: list[tuple[str, object, type[Exception], str]] = [
     ("columns", ["images", "nope"], ValueError, "'nope'"),
     ("columns", [], ValueError, "no columns"),
     ("columns", ["images", "images"], ValueError, "columns"),
+    *[(name, v, e, name) for name in ("prefetch",) for v, e in BAD_POSITIVE],
+    # None is their default (the loader's choice); any other non-positive is refused.
     *[
         (name, v, e, name)
-        for name in ("concurrency", "prefetch", "fetch_size")
+        for name in ("concurrency", "fetch_size")
         for v, e in BAD_POSITIVE
+        if v is not None
     ],
     *[
         (name, v, TypeError, name)

@@ -297,7 +297,7 @@ class AsyncDataset(IterableDataset[Any]):
         return EpochIterator(
             self.backend,
             self.config,
-            plan_groups(plan, remaining, o.fetch_size),
+            plan_groups(plan, remaining, self.config.fetch_size),
             progress,
             report,
             planned=len(remaining),

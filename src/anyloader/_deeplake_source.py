@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import numpy as np
 
 from ._bridge import wait_future
 from ._decoding import current_decoding
-from ._placing import Encoded
+from ._placing import Encoded, parts
 from ._retry import default_is_transient
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from ._columns import ColumnInfo
+    from ._decoding import EpochDecoding
     from ._source import Columns
 
 __all__ = ["DeeplakeSource", "is_deeplake_dataset"]
@@ -257,6 +259,26 @@ class DeeplakeSource:
             info[column.name] = _column_info(column.dtype, jpeg=column.name in jpeg)
         return info
 
+    def row_bytes(self, columns: Sequence[str]) -> float | None:
+        """Stored bytes of a row of ``columns``, from deeplake's column statistics (None: unknown).
+
+        Statistics describe the stored (compressed) values and are read without
+        fetching any row; a view without a schema, or a column without
+        statistics, has none.
+        """
+        if self._rows is not None:
+            return None
+        total = 0.0
+        for name in columns:
+            try:
+                stats = self._ds[name].statistics
+            except Exception:  # a view or a version that keeps none: unknown
+                return None
+            if not getattr(stats, "has_statistics", False):
+                return None
+            total += float(getattr(stats, "avg_width", 0.0) or 0.0)
+        return total or None
+
     def _jpeg_columns(self) -> tuple[str, ...]:
         if self._jpeg is None:
             from ._decode import jpeg_columns
@@ -305,9 +327,7 @@ class DeeplakeSource:
             values[name] = Encoded(list(values[name]), self._redo(name, rows))
         for name in ours:
             assert decoding is not None
-            column, fallback = await decoding.run(
-                _decode_column, list(values[name]), decoding.settings.image_size, rows=len(rows)
-            )
+            column, fallback = await _decode_in_parts(decoding, list(values[name]))
             image_size = decoding.settings.image_size
             for row in fallback:  # what we cannot reproduce, deeplake decodes: per row
                 value = (await wait_future(self._column(name).get_async([rows[row]])))[0]
@@ -376,6 +396,38 @@ def _stacked_if_uniform(column: np.ndarray | list[Any]) -> np.ndarray | list[Any
     ):
         return np.stack(column)
     return column
+
+
+async def _decode_in_parts(
+    decoding: EpochDecoding, blobs: list[bytes]
+) -> tuple[np.ndarray | list[Any], list[int]]:
+    """Decode one column of a fetch with every decode thread at once: its rows, those left over.
+
+    One part is decoded as :func:`_decode_column` returns it (stacked when the rows
+    share a shape); several give a list of rows (views of each part's array: no copy).
+    """
+    cuts = parts(len(blobs), decoding.threads)
+    image_size = decoding.settings.image_size
+    if len(cuts) == 1:
+        whole, left = await decoding.run(_decode_column, blobs, image_size, rows=len(blobs))
+        return whole, list(left)
+    decoded: list[tuple[np.ndarray | list[Any], tuple[int, ...]] | None] = [None] * len(cuts)
+
+    async def one(k: int, part: range) -> None:
+        decoded[k] = await decoding.run(
+            _decode_column, blobs[part.start : part.stop], image_size, rows=len(part)
+        )
+
+    async with anyio.create_task_group() as tg:
+        for k, part in enumerate(cuts):
+            tg.start_soon(one, k, part)
+    rows: list[Any] = []
+    fallback: list[int] = []
+    for part, result in zip(cuts, decoded, strict=True):
+        assert result is not None
+        fallback += [part.start + row for row in result[1]]
+        rows += list(result[0])
+    return rows, fallback
 
 
 def _reduce_like_dct(image: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:

@@ -174,6 +174,11 @@ class FaultySource:
         """The wrapped source's description of its columns."""
         return describe(self.source, self.source.columns)
 
+    def row_bytes(self, columns: Sequence[str]) -> float | None:
+        """The wrapped source's size of a row (None if it says nothing)."""
+        size = getattr(self.source, "row_bytes", None)
+        return size(columns) if callable(size) else None
+
     def __len__(self) -> int:
         return len(self.source)
 

@@ -148,11 +148,21 @@ class Options:
     columns: tuple[str, ...] | None = _option(
         None, _columns, "list[str] or None", "names to read; None = every column"
     )
-    concurrency: int = _option(64, positive_int, "int >= 1", "fetch requests in flight")
+    concurrency: int | None = _option(
+        None,
+        _positive_int_or_none,
+        "int >= 1 or None",
+        "fetch requests in flight (None: enough for 128 rows, at least 4)",
+    )
     prefetch: int = _option(
         64, positive_int, "int >= 1", "rows buffered ahead of the consumer, beyond those in flight"
     )
-    fetch_size: int = _option(1, positive_int, "int >= 1", "rows per fetch request")
+    fetch_size: int | None = _option(
+        None,
+        _positive_int_or_none,
+        "int >= 1 or None",
+        "rows per fetch request (None: about 2 MiB of stored bytes, at most 32 rows)",
+    )
     shuffle: bool = _option(False, _bool, "bool", "seeded shuffle, a new order every epoch")
     seed: int = _option(0, non_negative_int, "int >= 0", "the shuffle's seed")
     shuffle_block_size: int | None = _option(
@@ -264,9 +274,9 @@ class LoaderOptions(TypedDict, total=False):
     signature; ``tests/test_options.py`` checks that this mirrors ``Options``.
     """
 
-    concurrency: int
+    concurrency: int | None
     prefetch: int
-    fetch_size: int
+    fetch_size: int | None
     shuffle: bool
     seed: int
     shuffle_block_size: int | None

@@ -162,7 +162,7 @@ async def run_engine(
         stats = EpochRecorder()
     fetch_started, fetched, on_fault = stats.fetch_started, stats.fetched, stats.fault
     boxes_dropped = stats.boxes_dropped
-    source, columns, fetch_size = config.source, config.columns, options.fetch_size
+    source, columns, fetch_size = config.source, config.columns, config.fetch_size
     geometry = options.geometry
     # What the engine adds to each row: its placement under the geometry.
     returned = (*columns, "geometry") if options.return_geometry else columns
@@ -241,7 +241,7 @@ async def run_engine(
         open_future_poller(),
         anyio.create_task_group() as tg,
     ):
-        for _ in range(min(options.concurrency, max(1, -(-planned // fetch_size)))):
+        for _ in range(min(config.concurrency, max(1, -(-planned // fetch_size)))):
             tg.start_soon(fetcher, tg.cancel_scope)
     if not failed:
         emit(Complete(planned))

@@ -31,7 +31,9 @@ class Source(Protocol):
     Optional: ``column_info() -> {column: ColumnInfo}`` says what a column is
     (kind, dtype, row shape) before anything is read. Batch mode stacks only
     the columns it describes as numeric and fixed in shape (a geometry's images
-    and masks too); every other column is a list.
+    and masks too); every other column is a list. ``row_bytes(columns)`` says
+    about how many stored bytes a row of those columns holds, which sizes the
+    default requests (``fetch_size`` and ``concurrency`` left at None).
     """
 
     @property
@@ -93,6 +95,10 @@ class MemorySource:
 
     def __len__(self) -> int:
         return self._len
+
+    def row_bytes(self, columns: Sequence[str]) -> float:
+        """Bytes of one row of ``columns`` (the arrays' item sizes times their row shapes)."""
+        return float(sum(self._arrays[c].itemsize * self._arrays[c][:1].size for c in columns))
 
     async def fetch(self, indices: Sequence[int], columns: Sequence[str]) -> Columns:
         # A checkpoint keeps fetch a cancellation point, like any real I/O.

@@ -168,7 +168,7 @@ async def open_stream(
             tg.start_soon(
                 _run,
                 config,
-                plan_groups(plan, positions, o.fetch_size),
+                plan_groups(plan, positions, config.fetch_size),
                 len(positions),
                 budget,
                 send,
