@@ -134,10 +134,13 @@ def test_profile_writes_a_png_and_prints_a_verdict(
     monkeypatch.setenv("ANYLOADER_CACHE", str(tmp_path / "cache"))
     png = tmp_path / "profile.png"
     argv = ["profile", "--rows", "48", "--size", "64", "--batch-size", "8", "--step-ms", "1"]
+    argv += ["--crop", "32", "--fetch-size", "4", "--columns", "images,masks"]
     assert main([*argv, "--png", str(png), "--backend", "trio", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "verdict  input-bound " in out
-    assert "rows     48 in 48 fetches" in out
+    assert "rows     48 in 12 fetches (4 rows each)" in out
+    assert "concurrency=32 fetch_size=4" in out  # the loader's choice, shown: 128 rows in flight
+    assert "geometry=crop 32 columns=images,masks" in out
     assert f"figure   {png}" in out
     data = png.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n")

@@ -39,8 +39,18 @@ def _parser() -> argparse.ArgumentParser:
         help="run one epoch, show where the time went and whether training waits for data",
     )
     _add_dataset_arguments(profile, "the demo's generated dataset")
-    profile.add_argument("--concurrency", type=int, default=64, help="fetch requests in flight")
-    profile.add_argument("--fetch-size", type=int, default=1, help="rows per fetch request")
+    profile.add_argument(
+        "--concurrency", type=int, help="fetch requests in flight (default: the loader's choice)"
+    )
+    profile.add_argument(
+        "--fetch-size", type=int, help="rows per fetch request (default: the loader's choice)"
+    )
+    profile.add_argument("--columns", help="comma-separated columns to read (default: all)")
+    shape = profile.add_mutually_exclusive_group()
+    shape.add_argument(
+        "--crop", type=int, metavar="N", help="geometry: a random-resized crop to N x N and a flip"
+    )
+    shape.add_argument("--resize", type=int, metavar="N", help="geometry: a resize to N x N")
     profile.add_argument("--batch-size", type=int, default=32)
     profile.add_argument(
         "--per-sample",
@@ -83,10 +93,14 @@ def _profile(args: argparse.Namespace) -> int:
         shuffle=args.shuffle,
         ordered=not args.unordered,
         step_ms=args.step_ms,
+        columns=tuple(args.columns.split(",")) if args.columns else None,
+        geometry=(
+            f"crop {args.crop}" if args.crop else f"resize {args.resize}" if args.resize else None
+        ),
     )
     print(f"dataset  {url}")
-    print(f"settings {settings.describe()}")
     result = run_profile(url, settings, progress=not args.no_progress)
+    print(f"settings {result.settings.describe()}")  # with what the loader chose
     print(
         f"epoch    {result.rows:,} rows in {result.seconds:.2f} s = "
         f"{result.rows_per_second:,.0f} rows/s; first batch after {result.startup:.2f} s"
@@ -121,6 +135,9 @@ def _check(args: argparse.Namespace) -> None:
             )
     if args.command == "profile":
         Options.validate(concurrency=args.concurrency, fetch_size=args.fetch_size)
+        for name in ("crop", "resize"):
+            if getattr(args, name) is not None:
+                positive_int(f"--{name}", getattr(args, name))
         if args.step_ms < 0:
             raise ValueError(f"--step-ms must be >= 0, got {args.step_ms}")
     if args.url is not None:

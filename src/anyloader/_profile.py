@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
     from pathlib import Path
 
+    from ._geometry import Geometry
     from ._stats import EpochStats
 
 __all__ = ["ProfileResult", "ProfileSettings", "TrainingClock", "plot_profile", "run_profile"]
@@ -97,8 +98,8 @@ class ProfileSettings:
     """What ``anyloader profile`` runs: the loader's main options and a simulated step."""
 
     backend: str = "asyncio"
-    concurrency: int = 64
-    fetch_size: int = 1
+    concurrency: int | None = None  # None: the loader's choice for the dataset
+    fetch_size: int | None = None
     batch_size: int = 32
     batch_mode: bool = True
     workers: int = 0
@@ -106,13 +107,31 @@ class ProfileSettings:
     shuffle: bool = True
     ordered: bool = True
     step_ms: float = 0.0
+    columns: tuple[str, ...] | None = None  # None: every column
+    #: ``"crop N"`` (a RandomResizedCrop to N x N with a flip) or ``"resize N"`` (to N x N).
+    geometry: str | None = None
+
+    def loader_geometry(self) -> Geometry | None:
+        """The geometry the settings name, as the loader's option."""
+        from ._geometry import RandomResizedCrop, Resize
+
+        if self.geometry is None:
+            return None
+        kind, side = self.geometry.split()
+        if kind == "crop":
+            return RandomResizedCrop((int(side), int(side)), scale=(0.25, 1.0), hflip=0.5)
+        return Resize((int(side), int(side)))
 
     def describe(self) -> str:
         mode = "batch mode" if self.batch_mode else "per-sample"
+        concurrency = "auto" if self.concurrency is None else self.concurrency
+        fetch_size = "auto" if self.fetch_size is None else self.fetch_size
         return (
-            f"backend={self.backend} concurrency={self.concurrency} fetch_size={self.fetch_size} "
+            f"backend={self.backend} concurrency={concurrency} fetch_size={fetch_size} "
             f"batch_size={self.batch_size} ({mode}) workers={self.workers} decode={self.decode} "
             f"shuffle={self.shuffle} ordered={self.ordered} step={self.step_ms:g} ms"
+            + (f" geometry={self.geometry}" if self.geometry else "")
+            + (f" columns={','.join(self.columns)}" if self.columns else "")
         )
 
 
@@ -163,6 +182,7 @@ def run_profile(url: str, settings: ProfileSettings, *, progress: bool = True) -
     s = settings
     dataset = AsyncDataset(
         url,
+        columns=s.columns,
         backend=s.backend,
         concurrency=s.concurrency,
         fetch_size=s.fetch_size,
@@ -170,7 +190,10 @@ def run_profile(url: str, settings: ProfileSettings, *, progress: bool = True) -
         decode=s.decode,
         shuffle=s.shuffle,
         ordered=s.ordered,
+        geometry=s.loader_geometry(),
     )
+    # What the loader chose for this dataset, where the settings left it open.
+    s = replace(s, concurrency=dataset.config.concurrency, fetch_size=dataset.config.fetch_size)
     origin = _clock()
     # Profile runs only: the dataset and its workers also record a timeline.
     dataset._stats = SharedStats(timeline_bins=TIMELINE_BINS, origin=origin)
@@ -178,6 +201,7 @@ def run_profile(url: str, settings: ProfileSettings, *, progress: bool = True) -
         dataset,
         batch_size=None if s.batch_mode else s.batch_size,
         num_workers=s.workers,
+        collate_fn=None if s.batch_mode else dataset.collate,
     )
     training = Timeline(origin, bins=TIMELINE_BINS)
     clock = TrainingClock(training)
@@ -196,6 +220,8 @@ def run_profile(url: str, settings: ProfileSettings, *, progress: bool = True) -
     stats = clock.applied(measured)
     if s.workers:  # in-process, the loader's CPU time is this process's already
         stats = replace(stats, cpu_seconds=stats.cpu_seconds + cpu)
+    assert s.concurrency is not None
+    assert s.fetch_size is not None
     setup = Setup(
         concurrency=s.concurrency,
         fetch_size=s.fetch_size,
@@ -300,7 +326,7 @@ def plot_profile(result: ProfileResult, path: str | Path) -> None:
     flight = [timeline.series[IN_FLIGHT][i] / width for i in range(n)]
     _filled_steps(flight_ax, times, flight, "#4c72b0", 0.35, "requests in flight (mean)")
     flight_ax.axhline(
-        result.settings.concurrency * max(1, result.settings.workers),
+        (result.settings.concurrency or 1) * max(1, result.settings.workers),
         color="gray",
         linestyle=":",
         label="concurrency limit (all workers)",
@@ -308,7 +334,9 @@ def plot_profile(result: ProfileResult, path: str | Path) -> None:
     flight_ax.set_title("Fetch requests in flight over the epoch")
     flight_ax.set_ylabel("requests in flight")
     flight_ax.set_xlabel("time since start (s)")
-    flight_ax.set_ylim(0, result.settings.concurrency * max(1, result.settings.workers) * 1.3)
+    flight_ax.set_ylim(
+        0, (result.settings.concurrency or 1) * max(1, result.settings.workers) * 1.3
+    )
     flight_ax.legend(loc="upper right")
 
     parts = max(1, result.settings.workers)
