@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     url = args.url or example_dataset(args.rows)
-    data, loader = make_loader(
+    _data, loader = make_loader(
         url,
         crop=args.crop,
         batch_size=args.batch_size,
