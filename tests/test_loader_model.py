@@ -147,12 +147,28 @@ class LoaderLifecycle(RuleBasedStateMachine):
         state = json.loads(json.dumps(self.loader.state_dict()))
         epoch, delivered = self.snapshot()
         assert state["epoch"] == epoch
-        self.iterator = None
+        self.retire()
         self.loader = self.new_loader(*layout)  # a new process, another layout
         self.loader.load_state_dict(state)
         self.epoch, self.delivered = epoch, Counter(delivered)
         self.resume_pending, self.chosen = True, None
         self.started, self.finished = False, False
+
+    def retire(self) -> None:
+        """Stop this loader's workers now, as the end of its process would.
+
+        Left to the garbage collector, a replaced loader's persistent workers
+        would be shut down at whatever allocation triggers it, often inside
+        the next loader's worker start-up, whose forks then wait on them.
+        """
+        self.iterator = None
+        if self.loader._iterator is not None:
+            self.loader._iterator._shutdown_workers()
+            self.loader._iterator = None
+
+    def teardown(self) -> None:
+        if hasattr(self, "loader"):
+            self.retire()
 
     @invariant()
     def the_loaders_epoch_is_the_models(self) -> None:
