@@ -123,7 +123,8 @@ def _check(args: argparse.Namespace) -> None:
     Raises:
         TypeError, ValueError: naming the argument (or the URL that does not open).
     """
-    from ._options import Options, non_negative_int, positive_int
+    from ._checks import non_negative_int, positive_int
+    from ._options import Options
 
     non_negative_int("--workers", args.workers)
     positive_int("--batch-size", args.batch_size)

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._columns import ColumnRoles, column_roles
-from ._retry import RetryPolicy, default_is_transient
-from ._source import Source
+from ._decoding import DecodeSettings
+from ._retry import RetryPolicy
+from ._source import Source, default_is_transient
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -133,6 +134,22 @@ class LoaderConfig:
         roles = column_roles(src, columns, options.geometry)
         fetch_size, concurrency = request_sizes(src, columns, options)
         return cls(src, columns, options, roles, fetch_size, concurrency)
+
+    def decode_settings(self, epoch: int = 0) -> DecodeSettings:
+        """What the epoch's decode threads need to know: the options and the columns' roles."""
+        o = self.options
+        return DecodeSettings(
+            o.decode,
+            o.decode_threads,
+            o.image_size,
+            o.geometry,
+            dict(self.roles.roles),
+            self.roles.reference,
+            o.boxes,
+            o.return_geometry,
+            o.seed,
+            epoch,
+        )
 
     @property
     def budget(self) -> int:

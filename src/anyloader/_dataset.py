@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Any
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ._batching import Collate
+from ._checks import non_negative_int
 from ._config import LoaderConfig
 from ._epochs import SharedSchedule
 from ._handout import batch_stacks
 from ._iterator import EpochIterator
 from ._loop_thread import load_backend
-from ._options import Options, check_backend, non_negative_int
+from ._options import Options, check_backend
 from ._order import Sequential
 from ._plan import Rest, Shard, plan_groups, shard_plan, skipped_rows, truncated
 from ._rank import Ranks, check_rank, current_shard

@@ -54,7 +54,7 @@ import numpy as np
 import numpy.typing as npt
 import simplejpeg
 
-from ._options import choice
+from ._checks import choice
 
 __all__ = [
     "DECODE_MODES",

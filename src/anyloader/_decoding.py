@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
     from concurrent.futures import Future
 
-    from ._config import LoaderConfig
     from ._geometry import Boxes, Geometry
     from ._recorder import EpochRecorder
     from ._slabs import BatchSlabs
@@ -59,22 +58,6 @@ class DecodeSettings:
     return_geometry: bool = False
     seed: int = 0
     epoch: int = 0
-
-    @classmethod
-    def of(cls, config: LoaderConfig, epoch: int = 0) -> DecodeSettings:
-        o = config.options
-        return cls(
-            o.decode,
-            o.decode_threads,
-            o.image_size,
-            o.geometry,
-            dict(config.roles.roles),
-            config.roles.reference,
-            o.boxes,
-            o.return_geometry,
-            o.seed,
-            epoch,
-        )
 
 
 class EpochDecoding:

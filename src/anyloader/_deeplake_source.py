@@ -11,7 +11,7 @@ import numpy as np
 from ._bridge import wait_future
 from ._decoding import current_decoding
 from ._placing import Encoded, parts
-from ._retry import default_is_transient
+from ._source import default_is_transient
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence

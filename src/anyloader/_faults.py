@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import anyio
 
 from ._columns import describe
-from ._retry import default_is_transient
-from ._source import Source
+from ._source import Source, default_is_transient
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

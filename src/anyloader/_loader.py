@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 import torch.utils.data
 from torch.utils.data._utils.collate import default_convert
 
+from ._checks import non_negative_int, positive_int
 from ._dataset import AsyncDataset, LoaderTerms
 from ._iterator import Tagged
-from ._options import non_negative_int, positive_int
 from ._order import Sequential
 from ._plan import (
     Cut,

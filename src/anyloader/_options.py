@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypedDict
 
+from ._checks import choice, non_negative_int, positive_int
 from ._geometry import Boxes, Geometry, check_boxes, check_geometry
 
 __all__ = [
@@ -22,56 +23,11 @@ __all__ = [
     "LoaderOptions",
     "Options",
     "check_backend",
-    "choice",
-    "non_negative_int",
     "options_table",
-    "positive_int",
 ]
 
 BACKENDS = ("asyncio", "trio")
 DECODERS = ("auto", "deeplake")
-
-
-def positive_int(name: str, value: object) -> int:
-    """Return ``value`` if it is an int >= 1.
-
-    Raises:
-        TypeError: not an int (``bool`` is not accepted as an int).
-        ValueError: < 1.
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return value
-
-
-def non_negative_int(name: str, value: object) -> int:
-    """Return ``value`` if it is an int >= 0.
-
-    Raises:
-        TypeError: not an int (``bool`` is not accepted as an int).
-        ValueError: < 0.
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a non-negative int, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value}")
-    return value
-
-
-def choice(name: str, value: object, choices: tuple[str, ...]) -> str:
-    """Return ``value`` if it is one of ``choices``.
-
-    Raises:
-        TypeError: if ``value`` is not a string.
-        ValueError: naming the bad value and the valid choices.
-    """
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be one of {choices}, got {value!r}")
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
 
 
 def check_backend(backend: object) -> str:

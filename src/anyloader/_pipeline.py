@@ -30,7 +30,7 @@ import anyio
 
 from ._bridge import open_future_poller
 from ._chunk import Chunk, check_columns
-from ._decoding import DecodeSettings, current_decoding, open_decoding
+from ._decoding import current_decoding, open_decoding
 from ._placing import place
 from ._recorder import EpochRecorder
 from ._retry import retrying
@@ -237,7 +237,7 @@ async def run_engine(
     # One poller wakes every fetch waiting on a deeplake future (see anyloader._bridge);
     # the decode pool is the epoch's, and is joined after every fetch has ended.
     async with (
-        open_decoding(DecodeSettings.of(config, epoch), slabs, stats),
+        open_decoding(config.decode_settings(epoch), slabs, stats),
         open_future_poller(),
         anyio.create_task_group() as tg,
     ):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ._options import non_negative_int, positive_int
+from ._checks import non_negative_int, positive_int
 from ._plan import Shard
 
 __all__ = ["Ranks", "check_rank", "current_shard", "resolve_rank"]

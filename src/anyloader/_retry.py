@@ -12,15 +12,10 @@ if TYPE_CHECKING:
     import random
     from collections.abc import Awaitable, Callable, Iterable
 
-__all__ = ["RetryPolicy", "default_is_transient", "retrying"]
+__all__ = ["RetryPolicy", "retrying"]
 
 T = TypeVar("T")
 _PREFIX = "anyloader: "
-
-
-def default_is_transient(exc: BaseException) -> bool:
-    """The errors worth retrying when the source says nothing: timeouts and OS/network errors."""
-    return isinstance(exc, (TimeoutError, OSError))
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,16 @@ import numpy as np
 if TYPE_CHECKING:
     from ._columns import ColumnInfo
 
-__all__ = ["Columns", "MemorySource", "Source"]
+__all__ = ["Columns", "MemorySource", "Source", "default_is_transient"]
 
 #: A fetched group: for each column, one value per requested row, in request
 #: order. Either a stacked array whose first axis is the row, or a sequence.
 Columns = Mapping[str, "np.ndarray | Sequence[Any]"]
+
+
+def default_is_transient(exc: BaseException) -> bool:
+    """The errors worth retrying when the source says nothing: timeouts and OS/network errors."""
+    return isinstance(exc, (TimeoutError, OSError))
 
 
 @runtime_checkable

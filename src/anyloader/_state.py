@@ -20,16 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ._options import non_negative_int, positive_int
+from ._checks import non_negative_int, positive_int
 from ._order import Order, epoch_order
 from ._plan import Positions, Rest, Shard, ShardPlan, shard_plan
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    from ._options import Options
 
 __all__ = ["Dataset", "IterationState", "Progress", "StateError"]
 
@@ -37,6 +35,21 @@ VERSION = 3
 _KEYS = frozenset(
     {"version", "dataset", "epoch", "position", "delivered", "length", "shard", "rest"}
 )
+
+
+class OrderOptions(Protocol):
+    """The options an epoch's order depends on (``Options`` has them, among others)."""
+
+    @property
+    def seed(self) -> int: ...
+    @property
+    def shuffle(self) -> bool: ...
+    @property
+    def even(self) -> bool: ...
+    @property
+    def shuffle_block_size(self) -> int | None: ...
+    @property
+    def shuffle_window(self) -> int: ...
 
 
 class StateError(ValueError):
@@ -55,7 +68,7 @@ class Dataset:
     shuffle_window: int = 1
 
     @classmethod
-    def of(cls, num_rows: int, options: Options) -> Dataset:
+    def of(cls, num_rows: int, options: OrderOptions) -> Dataset:
         """The identity of a dataset of ``num_rows`` read with ``options``."""
         o = options
         return cls(num_rows, o.seed, o.shuffle, o.even, o.shuffle_block_size, o.shuffle_window)

@@ -11,9 +11,10 @@ import anyio
 import anyio.lowlevel
 
 from ._batch_memory import BatchMemory
+from ._checks import non_negative_int
 from ._config import LoaderConfig
 from ._handout import Handout, batch_slabs
-from ._options import Options, non_negative_int
+from ._options import Options
 from ._pipeline import Item, RowBudget, run_engine
 from ._plan import Shard, plan_groups, shard_plan
 from ._recorder import EpochRecorder
