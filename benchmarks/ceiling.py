@@ -9,7 +9,7 @@ the best setting of each:
     cell. The fastest a loader that lets deeplake decode its JPEGs can hope for.
 ``ceiling-bytes`` (:func:`bytes_ceiling_rows`)
     ``Column.get_bytes_async(rows)`` of the image column, decoded by
-    :func:`anyloader._decode.decode_column_bytes` (exact mode, libjpeg-turbo) in
+    :func:`anyloader._decode.jpeg.decode_column_bytes` (exact mode, libjpeg-turbo) in
     a pool of one thread per usable CPU (simplejpeg releases the GIL), masks
     through ``get_async``. The physical ceiling of reading and decoding on this
     machine: what any loader built on the same bytes and decoder can approach.
@@ -85,13 +85,13 @@ def bytes_ceiling_rows(
     ``inflight`` groups are outstanding at any stage (reading or decoding); a
     group completes when its images are decoded and its other columns fetched.
     Yields the row count of each completed group. The decode pool has
-    :func:`anyloader._decode.usable_cpus` threads and is joined before the generator ends.
+    :func:`anyloader._decode.jpeg.usable_cpus` threads and is joined before the generator ends.
 
     Raises:
         RuntimeError: a row needs deeplake's decoder (the benchmark's images never do).
         Exception: the first error a fetch or decode raised.
     """
-    from anyloader._decode import decode_column_bytes, usable_cpus
+    from anyloader._decode.jpeg import decode_column_bytes, usable_cpus
 
     column = ds[image]
     handles = [ds[name] for name in others]

@@ -37,9 +37,9 @@ def local_dataset(cache_dir: Path, rows: int, size: int, seed: int = 0) -> Path:
     """Return the directory of the cached dataset, building it first if missing.
 
     Guarantee: the returned directory holds a complete dataset of ``rows``
-    image/mask pairs made by ``anyloader._synthetic.create_image_mask_dataset``.
+    image/mask pairs made by ``anyloader._sources.synthetic.create_image_mask_dataset``.
     """
-    from anyloader._synthetic import create_image_mask_dataset
+    from anyloader._sources.synthetic import create_image_mask_dataset
 
     path = cache_dir / dataset_name(rows, size, seed)
     if path.is_dir():

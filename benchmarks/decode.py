@@ -38,7 +38,7 @@ import deeplake
 import numpy as np
 import simplejpeg
 
-from anyloader._decode import SimpleJpegDecoder, decode_column_bytes
+from anyloader._decode.jpeg import SimpleJpegDecoder, decode_column_bytes
 
 from . import datasets
 from .run import DEFAULT_CACHE
@@ -246,7 +246,7 @@ def _png(cache_dir: Path, rows: int, repeats: int, photos: bool) -> list[dict[st
 
     from PIL import Image
 
-    from anyloader._synthetic import make_pair
+    from anyloader._sources.synthetic import make_pair
 
     sets = {"synthetic": [make_pair(i, SIZE)[0] for i in range(rows)]}
     if photos:

@@ -315,7 +315,7 @@ def window_mib(spec: dict[str, Any] | None, settings: dict[str, Any]) -> float |
     """
     if spec is None:
         return None
-    from anyloader._config import IN_FLIGHT_ROWS
+    from anyloader._engine.config import IN_FLIGHT_ROWS
     from anyloader._options import Options
 
     defaults = Options()

@@ -18,12 +18,12 @@ Two ways of doing it, one per kind of peer:
     per-sample ``transform``.
 :func:`place_group`
     The strongest version of the same work on stored JPEG bytes, for SPDL and
-    the no-loader ceiling: anyloader's own routine (``_placing._decode_jpeg``:
+    the no-loader ceiling: anyloader's own routine (``anyloader._decode.placing._decode_jpeg``:
     libjpeg-turbo through simplejpeg at the smallest DCT scale whose crop
     still covers the output, crop, torch's antialiased uint8 resize through
     numpy, flip) and its nearest mask resampling, written straight into a
     group's output arrays. Run it in threads whose OpenMP is limited to the
-    thread (:func:`anyloader._resize.single_threaded_torch` as the pool's
+    thread (:func:`anyloader._decode.resize.single_threaded_torch` as the pool's
     initializer), or two decode threads start four spinning OpenMP threads.
 """
 
@@ -145,9 +145,9 @@ def place_group(
     Raises:
         ValueError: a row libjpeg-turbo cannot decode (the benchmark's never are).
     """
-    from anyloader._geometry import Placement
-    from anyloader._placing import _decode_jpeg, _jpeg_size
-    from anyloader._resize import resize_nearest
+    from anyloader._decode.placing import _decode_jpeg, _jpeg_size
+    from anyloader._decode.resize import resize_nearest
+    from anyloader._plan.geometry import Placement
 
     n = len(blobs)
     images = np.empty((n, OUT, OUT, 3), np.uint8)

@@ -81,7 +81,7 @@ def spdl_batches(
     """
     from spdl.pipeline import PipelineBuilder
 
-    from anyloader._resize import single_threaded_torch
+    from anyloader._decode.resize import single_threaded_torch
 
     if batch_size % fetch_size:
         raise ValueError(f"batch_size {batch_size} is not a multiple of fetch_size {fetch_size}")
@@ -131,8 +131,8 @@ def ceiling_groups(
     Raises:
         Exception: the first error a fetch or a placing raised.
     """
-    from anyloader._decode import usable_cpus
-    from anyloader._resize import single_threaded_torch
+    from anyloader._decode.jpeg import usable_cpus
+    from anyloader._decode.resize import single_threaded_torch
 
     groups = _row_groups(len(ds), fetch_size)
     pending: list[_Group] = []

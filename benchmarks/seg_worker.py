@@ -48,7 +48,7 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     import torch.utils.data
 
     import anyloader  # noqa: F401
-    from anyloader._loop_thread import load_backend
+    from anyloader._engine.loop_thread import load_backend
 
     from . import seg_fetch  # noqa: F401
 

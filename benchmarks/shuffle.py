@@ -92,7 +92,7 @@ def randomness(rows: np.ndarray, batch_size: int = BATCH_SIZE) -> float:
 
 def order_randomness(num_rows: int, options: dict[str, Any]) -> float:
     """:func:`randomness` of epoch 0 with ``seed=0``, as ``AsyncDataset`` reads it."""
-    from anyloader._order import epoch_order
+    from anyloader._plan.order import epoch_order
 
     order = epoch_order(
         num_rows,

@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from anyloader import AsyncDataset, DeeplakeSource, FaultySource
-from anyloader._synthetic import create_image_mask_dataset, read_row_id
+from anyloader._sources.synthetic import create_image_mask_dataset, read_row_id
 
 __all__ = ["main", "soak"]
 

@@ -49,7 +49,7 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
 
     spec = LoaderSpec.from_json(task["spec"])
     if spec.backend:  # AnyIO's backend module too (AsyncDataset would import it on construction)
-        from anyloader._loop_thread import load_backend
+        from anyloader._engine.loop_thread import load_backend
 
         load_backend(spec.backend)
     if spec.torch_threads:

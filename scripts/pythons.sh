@@ -19,14 +19,14 @@ unset PYTHONDONTWRITEBYTECODE
 # The core: the plan and its order, checkpoint state, the lifecycle models, Ctrl-C,
 # batch memory, decoding, and epochs through real DataLoader worker processes.
 core=(
-    tests/test_plan.py
-    tests/test_order.py
-    tests/test_state.py
+    tests/plan/test_plan.py
+    tests/plan/test_order.py
+    tests/plan/test_state.py
     tests/test_lifecycle_model.py
     tests/test_loader_model.py
-    tests/test_batch_memory.py
-    tests/test_decode.py
-    tests/test_epochs.py
+    tests/batch/test_batch_memory.py
+    tests/decode/test_decode.py
+    tests/plan/test_epochs.py
     tests/test_lifecycle.py::test_ctrl_c_stops_the_epoch_and_the_process_exits_cleanly
     tests/test_regressions_16.py
 )

@@ -11,8 +11,8 @@ import anyio
 import numpy as np
 
 from anyloader import MemorySource
-from anyloader._config import REQUEST_BYTES
-from anyloader._source import Columns
+from anyloader._engine.config import REQUEST_BYTES
+from anyloader._sources.source import Columns
 
 
 def rows_source(n: int) -> MemorySource:

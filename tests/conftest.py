@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from anyloader._synthetic import create_image_mask_dataset
+from anyloader._sources.synthetic import create_image_mask_dataset
 
 settings.register_profile(
     "ci", deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

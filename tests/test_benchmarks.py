@@ -326,7 +326,7 @@ def test_unknown_loader_name_is_rejected() -> None:
 
 def test_shuffle_benchmark_counts_gets_per_order(tmp_path: Path) -> None:
     """``benchmarks.shuffle``'s core on a tiny store: GETs counted, locality costs fewer."""
-    from anyloader._synthetic import create_image_mask_dataset
+    from anyloader._sources.synthetic import create_image_mask_dataset
     from benchmarks import datasets, shuffle
 
     local = tmp_path / "pairs"

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from anyloader import AsyncDataset, Resize, Shard, shard_rows
-from anyloader._synthetic import read_row_id
+from anyloader._sources.synthetic import read_row_id
 
 
 def pair_check(sample: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 The reference model is torch's DataLoader itself, written out plainly: each
 worker reads its shard in batches, and a rank takes batches from its workers
 in turn, skipping those that are done. The model knows nothing of the
-arithmetic in ``anyloader._plan``; it only runs plans and counts.
+arithmetic in ``anyloader._plan.plan``; it only runs plans and counts.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 import anyloader
 from anyloader import Shard, StateError
 from anyloader._loader import Layout, Position
-from anyloader._order import epoch_order
-from anyloader._plan import Rest, rank_steps, shard_plan
-from anyloader._state import Progress
+from anyloader._plan.order import epoch_order
+from anyloader._plan.plan import Rest, rank_steps, shard_plan
+from anyloader._plan.state import Progress
 
 layouts = st.builds(Layout, st.integers(1, 4), st.integers(1, 4), st.integers(1, 6))
 

@@ -19,7 +19,7 @@ from _doubles import CountingSource, FakeFuture, rows_source
 from torch.utils.data import DataLoader
 
 from anyloader import AsyncDataset, wait_future
-from anyloader._source import Columns
+from anyloader._sources.source import Columns
 
 
 def new_threads(baseline: set[int]) -> list[str]:

@@ -31,7 +31,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from torch.utils.data import DataLoader
 
 from anyloader import AsyncDataset, MemorySource, Shard, shard_rows
-from anyloader._source import Columns
+from anyloader._sources.source import Columns
 
 ROWS = 17
 SEED = 3

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import anyloader
-from anyloader._synthetic import read_row_id
+from anyloader._sources.synthetic import read_row_id
 from benchmarks import s3_server
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ from _doubles import FakeFuture, JitterSource, rows_source
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from anyloader import AsyncDataset, MemorySource, open_stream, wait_future
-from anyloader._source import Columns
+from anyloader._sources.source import Columns
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import ExceptionGroup
@@ -189,7 +189,8 @@ def test_4_a_transform_raising_stop_iteration_fails_the_dataset(backend: str) ->
 def test_4_fewer_rows_than_planned_is_an_error(
     backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from anyloader import _loop_thread, _pipeline
+    from anyloader._engine import loop_thread as _loop_thread
+    from anyloader._engine import pipeline as _pipeline
 
     real = _pipeline.run_engine
 
@@ -496,7 +497,8 @@ def test_13_an_exception_raised_every_epoch_keeps_one_note(backend: str) -> None
 
 # 2. A dataset pickled before init_process_group was pinned to rank 0 of 1: see
 #    tests/test_distributed.py::test_a_dataset_pickled_before_the_process_group_shards_by_rank.
-# 6. wait_future hangs: see tests/test_bridge.py (two waiters; waits that outlive the poller).
+# 6. wait_future hangs: see tests/sources/test_bridge.py (two waiters; waits that outlive
+#    the poller).
 
 
 def test_pickle_round_trip_keeps_the_epoch_and_does_not_share_it(backend: str) -> None:

@@ -27,8 +27,8 @@ from _doubles import JitterSource
 
 import anyloader
 from anyloader import AsyncDataset, MemorySource, StateError
-from anyloader._batch_memory import BatchMemory
-from anyloader._decoding import DecodeSettings, open_decoding
+from anyloader._batch.memory import BatchMemory
+from anyloader._decode.threads import DecodeSettings, open_decoding
 
 TESTS = str(Path(__file__).parent)
 

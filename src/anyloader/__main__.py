@@ -123,7 +123,7 @@ def _check(args: argparse.Namespace) -> None:
     Raises:
         TypeError, ValueError: naming the argument (or the URL that does not open).
     """
-    from ._checks import non_negative_int, positive_int
+    from ._core.checks import non_negative_int, positive_int
     from ._options import Options
 
     non_negative_int("--workers", args.workers)
@@ -142,7 +142,7 @@ def _check(args: argparse.Namespace) -> None:
         if args.step_ms < 0:
             raise ValueError(f"--step-ms must be >= 0, got {args.step_ms}")
     if args.url is not None:
-        from ._deeplake_source import DeeplakeSource
+        from ._sources.deeplake import DeeplakeSource
 
         DeeplakeSource(args.url)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._stats import EpochStats
+    from ._stats.epoch_stats import EpochStats
 
 __all__ = ["Setup", "Verdict", "advise", "breakdown"]
 

@@ -9,19 +9,19 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ._batching import Collate
-from ._checks import non_negative_int
-from ._config import LoaderConfig
-from ._epochs import SharedSchedule
-from ._handout import batch_stacks
-from ._iterator import EpochIterator
-from ._loop_thread import load_backend
+from ._batch.builder import Collate
+from ._core.checks import non_negative_int
+from ._engine.config import LoaderConfig
+from ._engine.handout import batch_stacks
+from ._engine.iterator import EpochIterator
+from ._engine.loop_thread import load_backend
 from ._options import Options, check_backend
-from ._order import Sequential
-from ._plan import Rest, Shard, plan_groups, shard_plan, skipped_rows, truncated
-from ._rank import Ranks, check_rank, current_shard
-from ._state import Dataset, IterationState
-from ._stats_channel import SharedStats
+from ._plan.epochs import SharedSchedule
+from ._plan.order import Sequential
+from ._plan.plan import Rest, Shard, plan_groups, shard_plan, skipped_rows, truncated
+from ._plan.rank import Ranks, check_rank, current_shard
+from ._plan.state import Dataset, IterationState
+from ._stats.worker_channel import SharedStats
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from typing import Unpack  # annotations only: never imported at run time
 
     from ._options import LoaderOptions
-    from ._state import Progress
-    from ._stats import EpochStats
+    from ._plan.state import Progress
+    from ._stats.epoch_stats import EpochStats
 
 __all__ = ["AsyncDataset", "LoaderTerms"]
 
@@ -44,7 +44,7 @@ class LoaderTerms:
     take them; plain iteration uses the defaults.
     """
 
-    #: Yield :class:`~anyloader._iterator.Tagged` items, so the loader knows which
+    #: Yield :class:`~anyloader._engine.iterator.Tagged` items, so the loader knows which
     #: rows each worker delivered (its checkpoint with ``ordered=False``).
     tag: bool = False
     #: ``drop_last``: each worker reads whole steps of this many rows, no short last one.
@@ -116,7 +116,7 @@ class AsyncDataset(IterableDataset[Any]):
         self._schedule = SharedSchedule()
         self._state = IterationState(Dataset.of(len(self.config.source), self.config.options))
         # Iterations of this copy: a persistent DataLoader worker's tell its
-        # DataLoader iterations apart (see anyloader._epochs).
+        # DataLoader iterations apart (see anyloader._plan.epochs).
         self._iterations = 0
         self._stats = SharedStats()
         self._terms = LoaderTerms()

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._stats import EpochStats
-from ._synthetic import create_image_mask_dataset, scene_agreement
+from ._sources.synthetic import create_image_mask_dataset, scene_agreement
+from ._stats.epoch_stats import EpochStats
 
 __all__ = ["DemoResult", "cache_dir", "demo_dataset", "demo_sizes", "run_demo"]
 
@@ -112,8 +112,8 @@ def run_demo(
     from tqdm import tqdm
 
     from ._dataset import AsyncDataset
-    from ._geometry import RandomResizedCrop
-    from ._profile import TrainingClock
+    from ._plan.geometry import RandomResizedCrop
+    from ._stats.training_clock import TrainingClock
 
     # Batch mode: the dataset builds each batch with one copy, so the
     # DataLoader only moves batches (batch_size=None). What every segmentation

@@ -5,7 +5,7 @@ from its workers in turn, each worker reading a shard the plan fixes. So the
 main process can tell, from the number of batches it has handed out and the
 layout (world size, workers per rank, rows per batch), exactly which rows
 every worker of every rank has delivered, with no round trip to the workers
-(see :class:`~anyloader._plan.Cut`). That count is the whole checkpoint, and
+(see :class:`~anyloader._plan.plan.Cut`). That count is the whole checkpoint, and
 a checkpoint can be resumed by another layout: the rows left, in epoch
 order, are dealt out afresh over the new ranks and workers.
 
@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 import torch.utils.data
 from torch.utils.data._utils.collate import default_convert
 
-from ._checks import non_negative_int, positive_int
+from ._core.checks import non_negative_int, positive_int
 from ._dataset import AsyncDataset, LoaderTerms
-from ._iterator import Tagged
-from ._order import Sequential
-from ._plan import (
+from ._engine.iterator import Tagged
+from ._plan.order import Sequential
+from ._plan.plan import (
     Cut,
     Rest,
     Shard,
@@ -45,13 +45,13 @@ from ._plan import (
     shard_plan,
     skipped_rows,
 )
-from ._profile import TrainingClock
-from ._state import Progress, StateError
+from ._plan.state import Progress, StateError
+from ._stats.training_clock import TrainingClock
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
-    from ._stats import EpochStats
+    from ._stats.epoch_stats import EpochStats
 
 __all__ = ["DataLoader", "UnevenStepsWarning"]
 

@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypedDict
 
-from ._checks import choice, non_negative_int, positive_int
-from ._geometry import Boxes, Geometry, check_boxes, check_geometry
+from ._core.checks import choice, non_negative_int, positive_int
+from ._plan.geometry import Boxes, Geometry, check_boxes, check_geometry
 
 __all__ = [
     "BACKENDS",

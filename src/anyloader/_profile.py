@@ -2,8 +2,8 @@
 
 The run iterates a torch DataLoader over an ``AsyncDataset`` the way a
 training loop would, optionally sleeping ``step_ms`` per batch as a stand-in
-for the training step, and times that loop itself (:class:`TrainingClock`):
-time inside ``next(loader)`` is time training waited for data. The dataset
+for the training step, and times that loop itself (``TrainingClock``, in
+``anyloader._stats``): time inside ``next(loader)`` is time training waited for data. The dataset
 records a bounded timeline (profile runs only) of requests in flight and of
 the loader waiting for the consumer, in DataLoader workers too. The result
 prints as a stage breakdown and a verdict (:func:`anyloader._advice.advise`)
@@ -19,78 +19,22 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._advice import Setup, Verdict, advise
-from ._decode import usable_cpus
-from ._stats import BUCKETS, bucket_bounds
-from ._timeline import CONSUMER_WAIT, IN_FLIGHT, LOADER_WAIT, Timeline, TimelineData
+from ._decode.jpeg import usable_cpus
+from ._stats.epoch_stats import BUCKETS, bucket_bounds
+from ._stats.timeline import CONSUMER_WAIT, IN_FLIGHT, LOADER_WAIT, Timeline, TimelineData
+from ._stats.training_clock import TrainingClock
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
     from pathlib import Path
 
-    from ._geometry import Geometry
-    from ._stats import EpochStats
+    from ._plan.geometry import Geometry
+    from ._stats.epoch_stats import EpochStats
 
-__all__ = ["ProfileResult", "ProfileSettings", "TrainingClock", "plot_profile", "run_profile"]
+__all__ = ["ProfileResult", "ProfileSettings", "plot_profile", "run_profile"]
 
 T = TypeVar("T")
 _clock = time.perf_counter
 TIMELINE_BINS = 120  # the figure stays readable; bins widen as the epoch grows
-
-
-class TrainingClock:
-    """Times a loop over a loader: time inside ``iter``/``next`` (waiting for data) and in all.
-
-    ``for batch in clock(loader)``; :meth:`applied` puts the result into a
-    loader's stats in place of the consumer fields, so their ``input_bound``
-    is the training loop's own.
-    """
-
-    def __init__(self, timeline: Timeline | None = None) -> None:
-        self.wait = 0.0
-        self.startup = 0.0  # iter() and the first next(): workers starting, first fetches
-        self.started: float | None = None
-        self.ended: float | None = None
-        self._timeline = timeline
-
-    def _waited(self, start: float, end: float) -> None:
-        self.wait += end - start
-        if self._timeline is not None:
-            self._timeline.interval(CONSUMER_WAIT, start, end)
-
-    def __call__(self, loader: Iterable[T]) -> Iterator[T]:
-        self.started = start = _clock()
-        iterator = iter(loader)  # starts DataLoader workers: training waits for that too
-        first = True
-        while True:
-            try:
-                item = next(iterator)
-            except StopIteration:
-                self.ended = end = _clock()
-                self._waited(start, end)
-                return
-            end = _clock()
-            self._waited(start, end)
-            if first:
-                self.startup, first = end - self.started, False
-            yield item
-            start = _clock()
-
-    @property
-    def seconds(self) -> float:
-        """From the start of the loop to its end (or now)."""
-        if self.started is None:
-            return 0.0
-        return (self.ended if self.ended is not None else _clock()) - self.started
-
-    @property
-    def input_bound(self) -> float:
-        """Share of the loop's time spent waiting for data."""
-        seconds = self.seconds
-        return min(1.0, self.wait / seconds) if seconds > 0 else 0.0
-
-    def applied(self, stats: EpochStats) -> EpochStats:
-        """``stats`` with this loop as the consumer."""
-        return replace(stats, consumer_seconds=self.seconds, consumer_wait_seconds=self.wait)
 
 
 @dataclass(frozen=True)
@@ -113,7 +57,7 @@ class ProfileSettings:
 
     def loader_geometry(self) -> Geometry | None:
         """The geometry the settings name, as the loader's option."""
-        from ._geometry import RandomResizedCrop, Resize
+        from ._plan.geometry import RandomResizedCrop, Resize
 
         if self.geometry is None:
             return None
@@ -177,7 +121,7 @@ def run_profile(url: str, settings: ProfileSettings, *, progress: bool = True) -
     from tqdm import tqdm
 
     from ._dataset import AsyncDataset
-    from ._stats_channel import SharedStats
+    from ._stats.worker_channel import SharedStats
 
     s = settings
     dataset = AsyncDataset(
