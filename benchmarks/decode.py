@@ -41,7 +41,7 @@ import simplejpeg
 from anyloader._decode.jpeg import SimpleJpegDecoder, decode_column_bytes
 
 from . import datasets
-from .run import DEFAULT_CACHE
+from .runner import DEFAULT_CACHE
 
 __all__ = ["main", "measure"]
 

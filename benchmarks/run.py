@@ -35,13 +35,19 @@ from tqdm import tqdm
 from . import datasets, report, s3_server
 from .loaders import CEILINGS, LoaderSpec, default_specs
 from .machine import describe
-from .runner import PACKAGE_ROOT, child_env, exit_with, run_in_subprocess, worker_task
+from .runner import (
+    DEFAULT_CACHE,
+    PACKAGE_ROOT,
+    child_env,
+    exit_with,
+    run_in_subprocess,
+    worker_task,
+)
 
 __all__ = ["main", "select_specs"]
 
 BATCH_SIZE = 32
 DEFAULT_OUT = PACKAGE_ROOT / "benchmarks" / "results"
-DEFAULT_CACHE = PACKAGE_ROOT / "benchmarks" / "results" / "cache"
 STORES = ("local", "s3")
 MUST_SUCCEED = ("anyloader", "sequential", *CEILINGS)
 

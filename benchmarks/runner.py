@@ -21,10 +21,19 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["DONE_MARKER", "child_env", "exit_with", "run_in_subprocess", "worker_task"]
+__all__ = [
+    "DEFAULT_CACHE",
+    "DONE_MARKER",
+    "child_env",
+    "exit_with",
+    "run_in_subprocess",
+    "worker_task",
+]
 
 DONE_MARKER = "anyloader-bench: result written"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+#: Where generated benchmark datasets are kept between runs.
+DEFAULT_CACHE = PACKAGE_ROOT / "benchmarks" / "results" / "cache"
 
 
 def exit_with(main: Callable[[], int]) -> NoReturn:

@@ -75,8 +75,8 @@ from tqdm import tqdm
 
 from . import datasets, runner, s3_server, seg_report
 from .machine import describe
-from .run import DEFAULT_CACHE, schedule
-from .runner import exit_with, run_in_subprocess, worker_task
+from .run import schedule
+from .runner import DEFAULT_CACHE, exit_with, run_in_subprocess, worker_task
 from .seg_datasets import SegData, build, default_datasets
 from .seg_loaders import SegSpec, default_specs
 

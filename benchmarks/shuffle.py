@@ -45,13 +45,12 @@ from anyloader._options import Options
 from . import datasets, s3_server
 from .loaders import COLUMNS, LoaderSpec
 from .machine import describe
-from .runner import PACKAGE_ROOT, exit_with, run_in_subprocess, worker_task
+from .runner import DEFAULT_CACHE, PACKAGE_ROOT, exit_with, run_in_subprocess, worker_task
 
 __all__ = ["main", "measure", "orders", "randomness", "read_units", "summarize"]
 
 BATCH_SIZE = 32
 DEFAULT_OUT = PACKAGE_ROOT / "benchmarks" / "results" / "shuffle"
-DEFAULT_CACHE = PACKAGE_ROOT / "benchmarks" / "results" / "cache"
 MODES = ("batch", "sample")
 Run = Callable[[dict[str, Any], Path], dict[str, Any]]
 
