@@ -206,13 +206,17 @@ class SimpleJpegDecoder:
             raise UnsupportedImage("JPEG with an unusual chroma subsampling")
         return ImageInfo(int(height), int(width), channels)
 
-    def decode(self, data: bytes, *, reduce: Reduction = 1, out: Array | None = None) -> Array:
+    def decode(
+        self, data: bytes, *, reduce: Reduction = 1, out: Array | None = None, strict: bool = True
+    ) -> Array:
         """Decode a JPEG to uint8 ``(H, W, C)``: RGB, or ``(H, W, 1)`` for grayscale.
 
         With ``reduce=1`` the pixels equal deeplake's decode of ``data``. ``reduce`` in
         2, 4, 8 uses libjpeg's DCT scaling: ``ceil(H / reduce) x ceil(W / reduce)``,
         cheaper, different pixels. With ``out`` (uint8, C-contiguous, exactly the
         output shape) the image is written into it and ``out`` is returned.
+        ``strict=False`` decodes what libjpeg only warns about (corrupt segments,
+        premature end of data) as libjpeg reads it: never equal to deeplake.
 
         Raises:
             UnsupportedImage: for CMYK, 12-bit, truncated, corrupt or non-JPEG data.
@@ -242,7 +246,7 @@ class SimpleJpegDecoder:
                 buffer=out,
                 # Turns libjpeg's warnings (premature end of data, corrupt segments)
                 # into errors: deeplake's output for such data is its own business.
-                strict=True,
+                strict=strict,
             )
         except ValueError as exc:
             raise UnsupportedImage(f"libjpeg-turbo cannot decode it exactly: {exc}") from exc
@@ -413,24 +417,11 @@ def decode_reduced_leniently(data: bytes, target_size: tuple[int, int]) -> Array
     as every other row. CMYK, 12-bit or unreadable data gives None.
     """
     try:
-        height, width, channels = _DEFAULT_DECODER.info(data)
+        height, width, _ = _DEFAULT_DECODER.info(data)
+        reduce = dct_reduction(height, width, target_size)
+        return _DEFAULT_DECODER.decode(data, reduce=reduce, strict=False)
     except UnsupportedImage:
         return None
-    reduce = dct_reduction(height, width, target_size)
-    shape = (math.ceil(height / reduce), math.ceil(width / reduce), channels)
-    try:
-        image = simplejpeg.decode_jpeg(
-            data,
-            colorspace="GRAY" if channels == 1 else "RGB",
-            fastdct=False,
-            fastupsample=False,
-            min_height=shape[0] if reduce > 1 else 0,
-            min_width=shape[1] if reduce > 1 else 0,
-            strict=False,
-        )
-    except ValueError:
-        return None
-    return image if image.shape == shape else None
 
 
 def reduced_shape(height: int, width: int, target_size: tuple[int, int]) -> tuple[int, int]:
