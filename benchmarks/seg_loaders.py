@@ -28,8 +28,8 @@ FAMILIES = (
     "anyloader-geometry",
     "ceiling",
 )
-#: Batch-mode ``(fetch_size, concurrency)`` beside the defaults, ``(1, 64)``, which
-#: ``anyloader-geometry-batch`` runs.
+#: Batch-mode ``(fetch_size, concurrency)`` beside the defaults (the loader sizes its own
+#: requests from a row's stored bytes), which ``anyloader-geometry-batch`` runs.
 SWEEP = ((4, 32), (8, 16), (16, 8), (32, 4))
 #: SPDL ``(rows per request, requests in flight, decode threads)``. A tuning pass of
 #: 7 settings (4-32 rows a request, 4-32 in flight, 2-3 threads; 2 runs each on the
