@@ -62,10 +62,10 @@ def test_quick_run_reports_every_loader_with_every_row_once(quick_run: dict[str,
     assert "MISSED" in markdown or "met" in markdown
 
 
-def test_a_target_past_the_ceiling_of_the_same_run_reads_as_bounded() -> None:
+def test_a_target_past_the_best_of_the_same_run_reads_as_bounded() -> None:
     from benchmarks import seg_report
 
-    def row(loader: str, family: str, rate: float, cpu: float = 1.0) -> dict[str, Any]:
+    def row(loader: str, family: str, rate: float, cpu: float = 3.0) -> dict[str, Any]:
         return {
             "dataset": "coco-like",
             "store": "local",
@@ -81,14 +81,17 @@ def test_a_target_past_the_ceiling_of_the_same_run_reads_as_bounded() -> None:
         row(seg_report.DEFAULTS, seg_report.GEOMETRY, 540.0, cpu=2.5),
         row("ceiling", "ceiling", 600.0, cpu=2.4),
     ]
+    # A loader faster than the ceiling raises what the run shows attainable.
+    faster = seg_report.ratios([*summary, row("other", "batched-read", 700.0, cpu=3.0)])
+    assert faster[0]["bounds"]["x_spdl"] == pytest.approx(700 / 450)
     checks = {c["target"]: c for c in seg_report.target_checks(seg_report.ratios(summary))}
     torch_peers = checks["geometry batch mode vs best of ds.pytorch and batched read"]
-    assert torch_peers["limit"] == pytest.approx(1.5)  # 600 / 400 < 2.5: nobody can
+    assert torch_peers["limit"] == pytest.approx(1.5)  # 600 / 400 < 2.5: nothing did
     assert (torch_peers["met"], torch_peers["bounded"]) == (False, True)
     spdl = checks["geometry batch mode vs SPDL"]  # 600 / 450 = 1.33 >= 1.3: reachable
     assert (spdl["met"], spdl["bounded"]) == (False, False)
     cpu = checks["geometry batch mode CPU ms per row (256 px out)"]
     assert (cpu["limit"], cpu["bounded"]) == (2.4, True)  # the ceiling itself needs 2.4 ms
     table = seg_report.targets_table(list(checks.values()))
-    assert "bounded (past the ceiling)" in table
+    assert "bounded (past all measured)" in table
     assert "MISSED" in table
