@@ -117,7 +117,7 @@ class Options:
         None,
         _positive_int_or_none,
         "int >= 1 or None",
-        "rows per fetch request (None: about 2 MiB of stored bytes, at most 32 rows)",
+        "rows per fetch request (None: about 8 MiB of stored bytes, at most 32 rows)",
     )
     shuffle: bool = _option(False, _bool, "bool", "seeded shuffle, a new order every epoch")
     seed: int = _option(0, non_negative_int, "int >= 0", "the shuffle's seed")
