@@ -255,10 +255,10 @@ def plot_profile(result: ProfileResult, path: str | Path) -> None:
     url = result.url if len(result.url) <= 60 else "…" + result.url[-59:]
     latency_ax.annotate(
         f"{result.rows:,} rows in {result.seconds:.2f} s = {result.rows_per_second:,.0f} rows/s"
-        f"   |   {url}\n{result.settings.describe()}",
+        f"   |   {url}\n{textwrap.fill(result.settings.describe(), 110)}",
         xy=(0.5, 1.0),
         xycoords="axes fraction",
-        xytext=(0, 28),
+        xytext=(0, 20),
         textcoords="offset points",
         ha="center",
         va="bottom",
