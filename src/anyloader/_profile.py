@@ -164,11 +164,9 @@ def run_profile(url: str, settings: ProfileSettings, *, progress: bool = True) -
     stats = clock.applied(measured)
     if s.workers:  # in-process, the loader's CPU time is this process's already
         stats = replace(stats, cpu_seconds=stats.cpu_seconds + cpu)
-    assert s.concurrency is not None
-    assert s.fetch_size is not None
     setup = Setup(
-        concurrency=s.concurrency,
-        fetch_size=s.fetch_size,
+        concurrency=dataset.config.concurrency,
+        fetch_size=dataset.config.fetch_size,
         batch_mode=s.batch_mode,
         workers=s.workers,
         ordered=s.ordered,

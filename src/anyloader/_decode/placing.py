@@ -32,7 +32,6 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, overload
 
-import anyio
 import numpy as np
 
 from .resize import resize_image, resize_nearest
@@ -376,12 +375,7 @@ async def _run_parts(
 ) -> dict[str, list[int]]:
     """Run the job on each part at once in the decode pool; merge the rows to redo."""
     redo: dict[str, list[int]] = {}
-
-    async def one(part: Sequence[int]) -> None:
-        for column, indices in (await decoding.run(job.run, part, rows=len(part))).items():
+    for found in await decoding.run_parts(job.run, cuts):
+        for column, indices in found.items():
             redo.setdefault(column, []).extend(indices)
-
-    async with anyio.create_task_group() as tg:
-        for part in cuts:
-            tg.start_soon(one, part)
     return redo

@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["EpochDecoding", "current_decoding", "open_decoding"]
 
 T = TypeVar("T")
+P = TypeVar("P", bound="Sequence[int]")  # a part of a fetch's rows
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,24 @@ class EpochDecoding:
                 initializer=single_threaded_torch,
             )
         return self._pool
+
+    async def run_parts(self, fn: Callable[[P], T], cuts: Sequence[P]) -> list[T]:
+        """``fn(part)`` for every part of ``cuts`` at once in the pool, results in their order.
+
+        Each call counts ``len(part)`` decoded rows (see :meth:`run`).
+
+        Raises:
+            Exception: whatever a call raises (the others are then cancelled).
+        """
+        results: list[T | None] = [None] * len(cuts)
+
+        async def one(k: int, part: P) -> None:
+            results[k] = await self.run(fn, part, rows=len(part))
+
+        async with anyio.create_task_group() as tg:
+            for k, part in enumerate(cuts):
+                tg.start_soon(one, k, part)
+        return cast("list[T]", results)
 
     async def run(self, fn: Callable[..., T], *args: Any, rows: int = 0, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` in the epoch's pool; return its result.

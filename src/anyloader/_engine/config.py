@@ -113,8 +113,8 @@ class LoaderConfig:
     options: Options
     roles: ColumnRoles
     #: Rows per fetch request and requests in flight: the options, or chosen for the source.
-    fetch_size: int = 1
-    concurrency: int = 64
+    fetch_size: int
+    concurrency: int
 
     @classmethod
     def build(cls, source: object, options: Options) -> LoaderConfig:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import numpy as np
 
 from .._decode.placing import Encoded, parts
@@ -408,25 +407,17 @@ async def _decode_in_parts(
     """
     cuts = parts(len(blobs), decoding.threads)
     image_size = decoding.settings.image_size
-    if len(cuts) == 1:
-        whole, left = await decoding.run(_decode_column, blobs, image_size, rows=len(blobs))
+    decoded = await decoding.run_parts(
+        lambda part: _decode_column(blobs[part.start : part.stop], image_size), cuts
+    )
+    if len(decoded) == 1:
+        whole, left = decoded[0]
         return whole, list(left)
-    decoded: list[tuple[np.ndarray | list[Any], tuple[int, ...]] | None] = [None] * len(cuts)
-
-    async def one(k: int, part: range) -> None:
-        decoded[k] = await decoding.run(
-            _decode_column, blobs[part.start : part.stop], image_size, rows=len(part)
-        )
-
-    async with anyio.create_task_group() as tg:
-        for k, part in enumerate(cuts):
-            tg.start_soon(one, k, part)
     rows: list[Any] = []
     fallback: list[int] = []
-    for part, result in zip(cuts, decoded, strict=True):
-        assert result is not None
-        fallback += [part.start + row for row in result[1]]
-        rows += list(result[0])
+    for part, (values, left) in zip(cuts, decoded, strict=True):
+        fallback += [part.start + row for row in left]
+        rows += list(values)
     return rows, fallback
 
 
