@@ -205,7 +205,7 @@ SIGINT_ELSEWHERE = textwrap.dedent(
     sent = []
 
     def interrupt():
-        time.sleep(0.3)
+        time.sleep(0.3)  # sync-ok: let next() reach its wait; an earlier signal passes too
         sent.append(time.perf_counter())
         signal.pthread_kill(native.ident, signal.SIGINT)
 
@@ -291,7 +291,7 @@ SIGINT_STORM = textwrap.dedent(
         sent = []
 
         def interrupt(delay=rng.uniform(0, 0.01)):
-            time.sleep(delay)
+            time.sleep(delay)  # sync-ok: a random moment of the epoch is the point
             sent.append(time.perf_counter())
             os.kill(os.getpid(), signal.SIGINT)  # to the process: the kernel picks a thread
 
